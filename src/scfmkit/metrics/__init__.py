@@ -1,0 +1,1 @@
+"""Metrics: pure array kernels and tidy-DataFrame wrappers (perturbation, integration, label transfer)."""

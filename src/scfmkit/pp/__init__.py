@@ -1,0 +1,4 @@
+"""Preprocessing: gene alignment, tokenisation, perturbation pseudobulks and splits."""
+
+from ._genes import align_genes
+from ._tokenize import tokenize

@@ -1,0 +1,161 @@
+"""``fm.tl.embed`` and ``fm.tl.embed_genes``: foundation-model embeddings written into AnnData/MuData."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .. import models
+from .._settings import settings
+from .._utils import get_modality, logger, sanitize_params, write_back
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from mudata import MuData
+
+__all__ = ["embed", "embed_genes"]
+
+
+def embed(
+    adata: AnnData | MuData,
+    model: str | Path | models.FoundationModel = "geneformer-v1",
+    *,
+    weights: str = "pretrained",
+    layer: str | None = None,
+    gene_key: str | None = None,
+    emb_layer: int | None = None,
+    pooling: str | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    precision: str = "float32",
+    mod: str | None = "rna",
+    key_added: str | None = None,
+    copy: bool = False,
+    **model_options: Any,
+) -> AnnData | MuData | None:
+    """Embed cells with a single-cell foundation model.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes. A MuData is read and written in modality ``mod``.
+    model
+        Registry name (``"geneformer-v1"``, ``"geneformer-v2"``, ``"scgpt-human"``; see
+        :func:`scfmkit.models.available_models`), a local checkpoint directory, or a loaded model.
+    weights
+        ``"pretrained"`` or ``"random"`` (same architecture and vocabulary, seeded random weights: the
+        foundationless control).
+    layer
+        Layer holding the values (default ``adata.X``). Geneformer needs raw counts; scGPT accepts any per-cell
+        monotone transform of counts.
+    gene_key
+        ``var`` column with gene ids/symbols (default ``var_names``).
+    emb_layer
+        Which hidden layer (model default if ``None``). Geneformer counts like its reference: ``-1`` is the
+        second-to-last layer, ``0`` the last.
+    pooling
+        ``"mean"`` (Geneformer default, non-padding gene tokens only) or ``"cls"`` (Geneformer V2, scGPT).
+    batch_size
+        Cells per forward pass (default :attr:`scfmkit.settings.batch_size`).
+    device
+        Torch device (default :attr:`scfmkit.settings.device`).
+    precision
+        ``"float32"``, ``"bfloat16"`` or ``"float16"`` autocast.
+    mod
+        Modality of a MuData to use.
+    key_added
+        ``obsm`` key (default ``"X_<family>"``, e.g. ``"X_geneformer"``).
+    copy
+        Return a modified copy instead of writing into ``adata``.
+    **model_options
+        Options of the model (e.g. ``input="lognorm"`` for Geneformer, ``max_length``/``rng`` for scGPT).
+
+    Returns
+    -------
+    ``None``, or a copy when ``copy=True``. Writes
+
+    - ``obsm['X_<family>']``: float32 cells x dims, in input order;
+    - ``uns['<family>']['params']``: model name, source, weights (``sha256:...`` or ``random:<seed>``), options,
+      gene coverage and the scfmkit version.
+
+    For a MuData the embedding is also stored as ``mdata.obsm['<mod>:X_<family>']``.
+    """
+    data = adata.copy() if copy else adata
+    target = get_modality(data, mod)
+    fm_model = models.load(model, weights=weights, device=device)
+    options = {k: v for k, v in {"emb_layer": emb_layer, "pooling": pooling}.items() if v is not None}
+    emb, params = fm_model.embed_cells(
+        target,
+        layer=layer,
+        gene_key=gene_key,
+        batch_size=batch_size or settings.batch_size,
+        device=device,
+        precision=precision,
+        **options,
+        **model_options,
+    )
+    key = key_added or f"X_{fm_model.family}"
+    target.obsm[key] = emb
+    uns_key = key[2:] if key.startswith("X_") else key
+    target.uns[uns_key] = {"params": sanitize_params({**fm_model.base_params, **params})}
+    write_back(data, mod, obsm_keys=[key])
+    logger.info("Wrote obsm[%r] (%d x %d) and uns[%r]['params']", key, *emb.shape, uns_key)
+    return data if copy else None
+
+
+def embed_genes(
+    adata: AnnData | MuData,
+    model: str | Path | models.FoundationModel = "geneformer-v1",
+    *,
+    kind: str = "contextual",
+    weights: str = "pretrained",
+    layer: str | None = None,
+    gene_key: str | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    mod: str | None = "rna",
+    key_added: str | None = None,
+    copy: bool = False,
+    **model_options: Any,
+) -> AnnData | MuData | None:
+    """Gene embeddings from a foundation model, one row per gene of ``adata``.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes (a MuData is used through modality ``mod``).
+    model
+        As in :func:`embed`.
+    kind
+        ``"contextual"``: each gene's output embedding averaged over the cells in which it is a token.
+        ``"token"``: the model's learned input embedding of each gene (no forward pass; the gene matrix ``G`` that
+        :func:`scfmkit.tl.predict_perturbation` can use with ``method="linear"``).
+    weights, layer, gene_key, batch_size, device, mod, copy, **model_options
+        As in :func:`embed`.
+    key_added
+        ``varm`` key (default ``"<family>_<kind>"``, e.g. ``"geneformer_contextual"``).
+
+    Returns
+    -------
+    ``None``, or a copy when ``copy=True``. Writes ``varm['<family>_<kind>']`` (float32 genes x dims, NaN rows for
+    genes the model lacks or that never occur) and ``uns['<family>_<kind>']['params']``.
+    """
+    if kind not in {"contextual", "token"}:
+        msg = f"`kind` must be 'contextual' or 'token', got {kind!r}."
+        raise ValueError(msg)
+    data = adata.copy() if copy else adata
+    target = get_modality(data, mod)
+    fm_model = models.load(model, weights=weights, device=device)
+    emb, params = fm_model.embed_genes(
+        target,
+        kind=kind,
+        layer=layer,
+        gene_key=gene_key,
+        batch_size=batch_size or settings.batch_size,
+        device=device,
+        **model_options,
+    )
+    key = key_added or f"{fm_model.family}_{kind}"
+    target.varm[key] = emb
+    target.uns[key] = {"params": sanitize_params({**fm_model.base_params, "kind": kind, **params})}
+    return data if copy else None
