@@ -76,7 +76,7 @@ def load(
     spec = get_spec(str(model))
     from ._base import resolve_model_dir
 
-    return spec.load(resolve_model_dir(spec.name, path), weights=weights, seed=seed, device=device, **kwargs)
+    return spec.load(resolve_model_dir(spec, path, str(model)), weights=weights, seed=seed, device=device, **kwargs)
 
 
 def _detect_family(directory: Path) -> str:

@@ -144,8 +144,8 @@ def _ensure_builtin() -> None:
         pass
 
 
-def resolve_model_dir(name: str, path: str | Path | None) -> Path | None:
-    """Find a local directory for model ``name``: ``path``, else ``settings.models_dir / name``, else ``None``."""
+def resolve_model_dir(spec: ModelSpec, path: str | Path | None, requested: str | None = None) -> Path | None:
+    """Find a local directory for ``spec``: ``path``, else ``settings.models_dir/<name or alias>``, else ``None``."""
     from .._settings import settings
 
     if path is not None:
@@ -154,6 +154,8 @@ def resolve_model_dir(name: str, path: str | Path | None) -> Path | None:
             msg = f"Model directory {str(p)!r} does not exist."
             raise FileNotFoundError(msg)
         return p
-    if settings.models_dir is not None and (settings.models_dir / name).is_dir():
-        return settings.models_dir / name
+    if settings.models_dir is not None:
+        for name in dict.fromkeys([requested or spec.name, spec.name, *spec.aliases]):
+            if (settings.models_dir / name).is_dir():
+                return settings.models_dir / name
     return None

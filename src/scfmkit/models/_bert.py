@@ -1,0 +1,226 @@
+"""A BERT encoder for inference in plain torch (the architecture of Geneformer's ``BertForMaskedLM``).
+
+Pure tensor code, no AnnData. Loads HuggingFace ``BertForMaskedLM``/``BertModel`` state dicts, fuses query/key/value
+into one matrix, uses :func:`torch.nn.functional.scaled_dot_product_attention`, and runs only the layers that are
+asked for (the MLM head is never computed).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+__all__ = ["BertConfig", "BertEncoder", "bert_state_dict_keys", "convert_hf_state_dict"]
+
+_ACT = {"relu": F.relu, "gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu}
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    """The fields of a HuggingFace BERT ``config.json`` that inference needs."""
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    hidden_act: str = "relu"
+    layer_norm_eps: float = 1e-12
+    type_vocab_size: int = 2
+    pad_token_id: int = 0
+    initializer_range: float = 0.02
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BertConfig:
+        """Build from a parsed ``config.json``, refusing architectures this encoder does not implement."""
+        if d.get("model_type", "bert") != "bert":
+            msg = f"Expected a BERT config (model_type 'bert'), got {d.get('model_type')!r}."
+            raise ValueError(msg)
+        if d.get("position_embedding_type", "absolute") != "absolute":
+            msg = f"Only absolute position embeddings are supported, got {d.get('position_embedding_type')!r}."
+            raise ValueError(msg)
+        if d.get("hidden_act", "relu") not in _ACT:
+            msg = f"Unsupported hidden_act {d.get('hidden_act')!r}; supported: {sorted(_ACT)}."
+            raise ValueError(msg)
+        fields = cls.__dataclass_fields__
+        kwargs = {k: d[k] for k in fields if k in d and d[k] is not None}
+        missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads") if k not in kwargs]
+        if missing:
+            msg = f"config.json lacks {missing}."
+            raise ValueError(msg)
+        kwargs.setdefault("intermediate_size", 4 * kwargs["hidden_size"])
+        kwargs.setdefault("max_position_embeddings", 512)
+        return cls(**kwargs)
+
+
+class _Layer(nn.Module):
+    def __init__(self, cfg: BertConfig) -> None:
+        super().__init__()
+        h = cfg.hidden_size
+        self.n_heads = cfg.num_attention_heads
+        self.qkv = nn.Linear(h, 3 * h)
+        self.attn_out = nn.Linear(h, h)
+        self.ln1 = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+        self.inter = nn.Linear(h, cfg.intermediate_size)
+        self.out = nn.Linear(cfg.intermediate_size, h)
+        self.ln2 = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+        self.act = _ACT[cfg.hidden_act]
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        b, n, h = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, h // self.n_heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = self.ln1(x + self.attn_out(a.transpose(1, 2).reshape(b, n, h)))
+        return self.ln2(x + self.out(self.act(self.inter(x))))
+
+
+class BertEncoder(nn.Module):
+    """BERT embeddings + the first ``n_layers`` encoder layers (post-LayerNorm, as in HuggingFace BERT)."""
+
+    def __init__(self, cfg: BertConfig, n_layers: int | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        n_layers = cfg.num_hidden_layers if n_layers is None else n_layers
+        h = cfg.hidden_size
+        self.word = nn.Embedding(cfg.vocab_size, h)
+        self.position = nn.Embedding(cfg.max_position_embeddings, h)
+        self.token_type = nn.Embedding(cfg.type_vocab_size, h)
+        self.ln = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+        self.layers = nn.ModuleList(_Layer(cfg) for _ in range(n_layers))
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states after the last kept layer, ``(batch, seq, hidden)``.
+
+        ``lengths`` gives the number of real tokens per row (the rest is padding and is masked out of attention);
+        ``None`` means no padding.
+        """
+        n = input_ids.shape[1]
+        x = self.word(input_ids) + self.position.weight[:n] + self.token_type.weight[0]
+        x = self.ln(x)
+        mask = None
+        if lengths is not None and bool((lengths < n).any()):
+            keep = torch.arange(n, device=input_ids.device)[None, :] < lengths[:, None]
+            mask = keep[:, None, None, :]
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+
+_LAYER_RE = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
+_LAYER_MAP = {
+    "attention.output.dense": "attn_out",
+    "attention.output.LayerNorm": "ln1",
+    "intermediate.dense": "inter",
+    "output.dense": "out",
+    "output.LayerNorm": "ln2",
+}
+
+
+def bert_state_dict_keys(cfg: BertConfig, *, mlm_head: bool = True) -> list[str]:
+    """The parameter names of a HuggingFace ``BertForMaskedLM`` with this config (as saved to safetensors)."""
+    keys = [
+        f"bert.embeddings.{n}.weight" for n in ("word_embeddings", "position_embeddings", "token_type_embeddings")
+    ] + ["bert.embeddings.LayerNorm.weight", "bert.embeddings.LayerNorm.bias"]
+    for i in range(cfg.num_hidden_layers):
+        p = f"bert.encoder.layer.{i}."
+        for sub in ("attention.self.query", "attention.self.key", "attention.self.value", *_LAYER_MAP):
+            keys += [p + sub + ".weight", p + sub + ".bias"]
+    if mlm_head:
+        keys += [
+            "cls.predictions.bias",
+            "cls.predictions.transform.dense.weight",
+            "cls.predictions.transform.dense.bias",
+            "cls.predictions.transform.LayerNorm.weight",
+            "cls.predictions.transform.LayerNorm.bias",
+        ]
+    return keys
+
+
+def convert_hf_state_dict(sd: dict[str, torch.Tensor], cfg: BertConfig, n_layers: int) -> dict[str, torch.Tensor]:
+    """Map a HuggingFace BERT state dict onto :class:`BertEncoder` (first ``n_layers`` layers).
+
+    Accepts ``bert.``-prefixed (``BertForMaskedLM``) and bare (``BertModel``) keys and old ``gamma``/``beta`` LayerNorm
+    names. Raises ``ValueError`` listing the missing core weights; head and pooler weights are ignored.
+    """
+    clean: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        k = key[5:] if key.startswith("bert.") else key
+        k = k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        clean[k] = value
+    out: dict[str, torch.Tensor] = {}
+    missing: list[str] = []
+
+    def take(src: str) -> torch.Tensor:
+        if src not in clean:
+            missing.append(src)
+            return torch.empty(0)
+        return clean[src]
+
+    emb = {"word": "word_embeddings", "position": "position_embeddings", "token_type": "token_type_embeddings"}
+    for ours, theirs in emb.items():
+        out[f"{ours}.weight"] = take(f"embeddings.{theirs}.weight")
+    out["ln.weight"] = take("embeddings.LayerNorm.weight")
+    out["ln.bias"] = take("embeddings.LayerNorm.bias")
+    for i in range(n_layers):
+        p = f"encoder.layer.{i}."
+        for part in ("weight", "bias"):
+            qkv = [take(f"{p}attention.self.{n}.{part}") for n in ("query", "key", "value")]
+            out[f"layers.{i}.qkv.{part}"] = torch.cat(qkv) if all(t.numel() for t in qkv) else torch.empty(0)
+            for theirs, ours in _LAYER_MAP.items():
+                out[f"layers.{i}.{ours}.{part}"] = take(f"{p}{theirs}.{part}")
+    if missing:
+        shown = ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else "")
+        msg = f"The checkpoint lacks {len(missing)} core BERT weights ({shown}); it is not a usable Geneformer checkpoint."
+        raise ValueError(msg)
+    n_ckpt_layers = 1 + max((int(m.group(1)) for k in clean if (m := _LAYER_RE.match(k))), default=-1)
+    if n_ckpt_layers != cfg.num_hidden_layers:
+        msg = f"config.json says {cfg.num_hidden_layers} layers but the weights hold {n_ckpt_layers}."
+        raise ValueError(msg)
+    return out
+
+
+def random_hf_state_dict(cfg: BertConfig, seed: int) -> dict[str, torch.Tensor]:
+    """Seeded random weights for a ``BertForMaskedLM`` with HuggingFace's initialisation scheme.
+
+    Linear and embedding weights ~ N(0, initializer_range), biases 0, LayerNorm weight 1 and bias 0, the padding
+    token's embedding row 0. Drawn with numpy's PCG64 in a fixed key order, so the same seed gives the same weights
+    on every platform and torch version.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    h, inter = cfg.hidden_size, cfg.intermediate_size
+    shapes = {
+        "bert.embeddings.word_embeddings.weight": (cfg.vocab_size, h),
+        "bert.embeddings.position_embeddings.weight": (cfg.max_position_embeddings, h),
+        "bert.embeddings.token_type_embeddings.weight": (cfg.type_vocab_size, h),
+        "cls.predictions.transform.dense.weight": (h, h),
+    }
+    sd: dict[str, torch.Tensor] = {}
+    for key in bert_state_dict_keys(cfg):
+        if key in shapes:
+            shape = shapes[key]
+        elif key.endswith("LayerNorm.weight"):
+            sd[key] = torch.ones(h)
+            continue
+        elif key.endswith("bias"):
+            n = inter if key.endswith("intermediate.dense.bias") else (cfg.vocab_size if key == "cls.predictions.bias" else h)
+            sd[key] = torch.zeros(n)
+            continue
+        elif "intermediate.dense" in key:
+            shape = (inter, h)
+        elif key.endswith("output.dense.weight") and "attention" not in key:
+            shape = (h, inter)
+        else:
+            shape = (h, h)
+        w = rng.standard_normal(shape, dtype=np.float32) * np.float32(cfg.initializer_range)
+        sd[key] = torch.from_numpy(w)
+    sd["bert.embeddings.word_embeddings.weight"][cfg.pad_token_id] = 0.0
+    return sd
+

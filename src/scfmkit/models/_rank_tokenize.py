@@ -1,0 +1,129 @@
+"""Geneformer's rank-value encoding as pure array kernels (no AnnData, no torch).
+
+A cell becomes the list of its genes ordered by ``count / total_counts * 10,000 / gene_median`` (descending, genes
+with zero counts dropped), mapped to token ids and truncated to the model's input size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+
+__all__ = ["TokenizedCells", "rank_value_tokenize"]
+
+TARGET_SUM = 10_000
+
+
+@dataclass
+class TokenizedCells:
+    """Ragged token ids of many cells: ``input_ids[offsets[i]:offsets[i + 1]]`` is cell ``i``."""
+
+    input_ids: np.ndarray
+    offsets: np.ndarray
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Number of tokens per cell."""
+        return np.diff(self.offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.input_ids[self.offsets[i] : self.offsets[i + 1]]
+
+    @classmethod
+    def concatenate(cls, parts: list[TokenizedCells]) -> TokenizedCells:
+        """Join tokenised chunks in order."""
+        if not parts:
+            return cls(np.zeros(0, np.int32), np.zeros(1, np.int64))
+        ids = np.concatenate([p.input_ids for p in parts])
+        lengths = np.concatenate([p.lengths for p in parts])
+        offsets = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return cls(ids, offsets)
+
+
+def normalise_for_ranking(counts: sparse.csr_matrix, n_counts: np.ndarray, medians: np.ndarray) -> sparse.csr_matrix:
+    """``counts / n_counts * 10,000 / medians`` on the stored entries, with the reference's dtype promotion.
+
+    The first two operations run in the common dtype of the counts and ``n_counts`` (float32 stays float32), the
+    division by the float64 medians in float64, exactly as numpy evaluates ``X / n_counts * 10000 / medians``.
+    Entries that are zero are dropped.
+    """
+    dt = np.result_type(counts.dtype, n_counts.dtype)
+    if dt.kind != "f":
+        dt = np.dtype(np.float64)
+    rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
+    vals = counts.data.astype(dt, copy=False) / n_counts.astype(dt, copy=False)[rows]
+    vals = vals * dt.type(TARGET_SUM)
+    vals = vals / medians[counts.indices]
+    out = sparse.csr_matrix((vals, counts.indices, counts.indptr), shape=counts.shape)
+    out.eliminate_zeros()
+    return out
+
+
+def rank_value_tokenize(
+    counts: sparse.csr_matrix,
+    n_counts: np.ndarray,
+    medians: np.ndarray,
+    token_ids: np.ndarray,
+    *,
+    max_genes: int,
+    cls_token: int | None = None,
+    eos_token: int | None = None,
+) -> TokenizedCells:
+    """Rank-value encode cells.
+
+    Parameters
+    ----------
+    counts
+        Cells x matched genes (CSR), raw counts; one column per token (duplicates already summed).
+    n_counts
+        Total counts of each cell over all its genes (also those the model lacks).
+    medians
+        Non-zero median of each column's gene in the pretraining corpus (float64).
+    token_ids
+        Token id of each column.
+    max_genes
+        Keep at most this many genes per cell (the model input size minus special tokens).
+    cls_token, eos_token
+        Prepended/appended special tokens (Geneformer V2).
+
+    Returns
+    -------
+    The token ids of every cell, genes in descending order of normalised value; ties keep column order (stable).
+    """
+    if np.any(n_counts <= 0):
+        bad = int(np.flatnonzero(n_counts <= 0)[0])
+        msg = f"Cell {bad} has total counts <= 0; remove empty cells (e.g. `sc.pp.filter_cells(adata, min_counts=1)`)."
+        raise ValueError(msg)
+    counts = counts.tocsr()
+    if not counts.has_sorted_indices:  # ties are broken by column order
+        counts = counts.sorted_indices()
+    norm = normalise_for_ranking(counts, np.asarray(n_counts).ravel(), medians)
+    n = norm.shape[0]
+    row = np.repeat(np.arange(n), np.diff(norm.indptr))
+    # one stable lexsort for the whole chunk: by row, then by descending value; ties keep column order
+    order = np.lexsort((-norm.data, row))
+    cols = norm.indices[order]
+    lengths = np.minimum(np.diff(norm.indptr), max_genes)
+    pos = np.arange(len(order)) - norm.indptr[row]
+    keep = pos < max_genes
+    genes = token_ids[cols[keep]].astype(np.int32, copy=False)
+    n_special = int(cls_token is not None) + int(eos_token is not None)
+    new_lengths = lengths + n_special
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(new_lengths, out=offsets[1:])
+    ids = np.empty(offsets[-1], np.int32)
+    body_start = offsets[:-1] + int(cls_token is not None)
+    # scatter each cell's genes after its optional <cls>
+    dest = np.repeat(body_start - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(len(genes))
+    ids[dest] = genes
+    if cls_token is not None:
+        ids[offsets[:-1]] = cls_token
+    if eos_token is not None:
+        ids[offsets[1:] - 1] = eos_token
+    return TokenizedCells(ids, offsets)
