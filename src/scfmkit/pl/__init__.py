@@ -1,1 +1,3 @@
 """Plots (matplotlib; every function takes ``show``/``return_fig`` like scanpy and pertpy)."""
+
+from ._perturbation import perturbation_metrics, perturbation_scatter

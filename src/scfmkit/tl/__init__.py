@@ -2,3 +2,11 @@
 
 from ._embed import embed, embed_genes
 from ._baselines import baselines
+from ._perturbation import (
+    PerturbationPredictor,
+    available_predictors,
+    benchmark_perturbation,
+    fit_predictor,
+    predict_perturbation,
+    register_predictor,
+)

@@ -1,0 +1,420 @@
+"""Perturbation-prediction metrics: pure numpy kernels and a tidy-DataFrame wrapper.
+
+Every kernel scores one condition (1-D arrays over genes) except :func:`centroid_accuracy`, which needs all evaluated
+conditions at once. The metrics follow the published benchmarks:
+
+- Ahlmann-Eltze, Huber & Anders (Nat Methods 2025): Pearson delta and L2 distance on the 1,000 genes most expressed in
+  control cells (``pearson_delta_top1000``, ``l2_top1000``).
+- GEARS (Roohani et al. 2024): Pearson, Pearson delta and MSE on all genes and on the top-20 DE genes of the condition
+  (``pearson``, ``pearson_delta``, ``mse``, ``pearson_de``, ``pearson_delta_de``, ``mse_de``) and the fraction of DE
+  genes whose predicted change has the right sign (``direction_de``).
+- Systema (Vinas Torne et al. 2025): centroid accuracy and Pearson delta measured against the centroid of the
+  perturbed conditions instead of control (``centroid_accuracy``, ``pearson_delta_pert``).
+- cz-benchmarks: Spearman correlation of predicted and observed log fold changes (``spearman_lfc``,
+  ``spearman_lfc_de``); on log-normalised pseudobulks the log fold change is the difference to control.
+
+Correlations with a constant input (e.g. the ``control`` predictor's zero delta) are undefined and returned as NaN,
+not 0 as GEARS does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from anndata import AnnData
+
+__all__ = [
+    "PERTURBATION_METRICS",
+    "centroid_accuracy",
+    "direction_agreement",
+    "l2_distance",
+    "mse",
+    "pearson",
+    "pearson_delta",
+    "perturbation_metrics",
+    "spearman_delta",
+    "top_expressed_genes",
+]
+
+PERTURBATION_METRICS = (
+    "pearson_delta_top1000",
+    "l2_top1000",
+    "pearson",
+    "pearson_delta",
+    "mse",
+    "pearson_de",
+    "pearson_delta_de",
+    "mse_de",
+    "direction_de",
+    "centroid_accuracy",
+    "pearson_delta_pert",
+    "spearman_lfc",
+    "spearman_lfc_de",
+)
+
+
+def _vec(x, name: str) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 1:
+        msg = f"`{name}` must be 1-D (one value per gene), got shape {arr.shape}."
+        raise ValueError(msg)
+    return arr
+
+
+def _subset(genes, *arrays: np.ndarray) -> list[np.ndarray]:
+    if genes is None:
+        return list(arrays)
+    idx = np.asarray(genes)
+    return [a[idx] for a in arrays]
+
+
+def _check_same(*arrays: np.ndarray) -> None:
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1:
+        msg = f"All inputs must have the same shape, got {sorted(shapes)}."
+        raise ValueError(msg)
+
+
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    if a.size < 2:
+        return float("nan")
+    a = a - a.mean()
+    b = b - b.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    if denom == 0 or not np.isfinite(denom):
+        return float("nan")
+    return float(np.clip((a * b).sum() / denom, -1.0, 1.0))
+
+
+def _rank(a: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return rankdata(a, method="average")
+
+
+def pearson(pred, true, *, genes=None) -> float:
+    """Pearson correlation of predicted and observed expression (GEARS ``pearson``).
+
+    Parameters
+    ----------
+    pred, true
+        Predicted and observed expression of one condition (1-D, one value per gene).
+    genes
+        Optional integer indices or boolean mask of the genes to use (e.g. the top-20 DE genes).
+
+    Returns
+    -------
+    The correlation, NaN when either side is constant or fewer than 2 genes are used.
+    """
+    pred, true = _vec(pred, "pred"), _vec(true, "true")
+    _check_same(pred, true)
+    pred, true = _subset(genes, pred, true)
+    return _corr(pred, true)
+
+
+def pearson_delta(pred, true, reference, *, genes=None) -> float:
+    """Pearson correlation of the changes ``pred - reference`` and ``true - reference``.
+
+    With ``reference`` the control mean this is GEARS' and Ahlmann-Eltze's Pearson delta; with the mean of the
+    perturbed conditions it is Systema's perturbation-specific Pearson delta.
+
+    Parameters
+    ----------
+    pred, true
+        Predicted and observed expression of one condition.
+    reference
+        Expression the changes are measured from (control mean, or the perturbed centroid).
+    genes
+        Optional indices or mask of the genes to use.
+
+    Returns
+    -------
+    The correlation (NaN for a constant change, e.g. the ``control`` predictor).
+    """
+    pred, true, reference = _vec(pred, "pred"), _vec(true, "true"), _vec(reference, "reference")
+    _check_same(pred, true, reference)
+    pred, true, reference = _subset(genes, pred, true, reference)
+    return _corr(pred - reference, true - reference)
+
+
+def mse(pred, true, *, genes=None) -> float:
+    """Mean squared error between predicted and observed expression (GEARS ``mse``).
+
+    Parameters
+    ----------
+    pred, true
+        Predicted and observed expression of one condition.
+    genes
+        Optional indices or mask of the genes to use.
+
+    Returns
+    -------
+    ``mean((pred - true) ** 2)``.
+    """
+    pred, true = _vec(pred, "pred"), _vec(true, "true")
+    _check_same(pred, true)
+    pred, true = _subset(genes, pred, true)
+    if pred.size == 0:
+        return float("nan")
+    return float(np.mean((pred - true) ** 2))
+
+
+def l2_distance(pred, true, *, genes=None) -> float:
+    """Euclidean (L2) distance between predicted and observed expression (Ahlmann-Eltze et al.).
+
+    Parameters
+    ----------
+    pred, true
+        Predicted and observed expression of one condition.
+    genes
+        Optional indices or mask of the genes to use (the paper uses the 1,000 most expressed control genes).
+
+    Returns
+    -------
+    ``sqrt(sum((pred - true) ** 2))``.
+    """
+    pred, true = _vec(pred, "pred"), _vec(true, "true")
+    _check_same(pred, true)
+    pred, true = _subset(genes, pred, true)
+    return float(np.sqrt(np.sum((pred - true) ** 2)))
+
+
+def direction_agreement(pred, true, reference, *, genes=None) -> float:
+    """Fraction of genes whose predicted change has the observed sign (GEARS' fraction of correct direction).
+
+    Parameters
+    ----------
+    pred, true
+        Predicted and observed expression of one condition.
+    reference
+        Control expression the changes are measured from.
+    genes
+        Optional indices or mask of the genes to use (normally the condition's top-20 DE genes).
+
+    Returns
+    -------
+    ``mean(sign(pred - reference) == sign(true - reference))``; a predicted change of exactly 0 counts as right only
+    where the observed change is exactly 0.
+    """
+    pred, true, reference = _vec(pred, "pred"), _vec(true, "true"), _vec(reference, "reference")
+    _check_same(pred, true, reference)
+    pred, true, reference = _subset(genes, pred, true, reference)
+    if pred.size == 0:
+        return float("nan")
+    return float(np.mean(np.sign(pred - reference) == np.sign(true - reference)))
+
+
+def spearman_delta(pred, true, reference, *, genes=None) -> float:
+    """Spearman correlation of predicted and observed log fold changes (cz-benchmarks).
+
+    On log-normalised values the log fold change to control is ``x - reference``.
+
+    Parameters
+    ----------
+    pred, true
+        Predicted and observed (log-normalised) expression of one condition.
+    reference
+        Control expression.
+    genes
+        Optional indices or mask of the genes to use.
+
+    Returns
+    -------
+    The rank correlation (ties get average ranks), NaN when either side is constant.
+    """
+    pred, true, reference = _vec(pred, "pred"), _vec(true, "true"), _vec(reference, "reference")
+    _check_same(pred, true, reference)
+    pred, true, reference = _subset(genes, pred, true, reference)
+    if pred.size < 2:
+        return float("nan")
+    return _corr(_rank(pred - reference), _rank(true - reference))
+
+
+def centroid_accuracy(pred, true) -> np.ndarray:
+    """Systema's centroid accuracy of each condition.
+
+    For condition ``i`` it is the fraction of the *other* conditions ``j`` whose observed centroid ``true[j]`` is
+    farther (Euclidean) from the prediction ``pred[i]`` than its own observed centroid ``true[i]``: 1 means the
+    prediction is closer to the right perturbation than to every other one, ~0.5 is chance.
+
+    Parameters
+    ----------
+    pred, true
+        Predicted and observed centroids, conditions x genes, rows in the same order.
+
+    Returns
+    -------
+    One value per condition (NaN for all when fewer than 2 conditions are evaluated).
+    """
+    pred = np.asarray(pred, dtype=np.float64)
+    true = np.asarray(true, dtype=np.float64)
+    if pred.ndim != 2 or pred.shape != true.shape:
+        msg = f"`pred` and `true` must be 2-D arrays of the same shape, got {pred.shape} and {true.shape}."
+        raise ValueError(msg)
+    n = pred.shape[0]
+    if n < 2:
+        return np.full(n, np.nan)
+    sq = (pred * pred).sum(1)[:, None] + (true * true).sum(1)[None, :] - 2 * pred @ true.T
+    dist = np.sqrt(np.maximum(sq, 0))
+    own = np.diag(dist)[:, None]
+    farther = (dist > own).sum(1)  # the diagonal is never counted (not > itself)
+    return farther / (n - 1)
+
+
+def top_expressed_genes(control_mean, n: int = 1000) -> np.ndarray:
+    """Indices of the ``n`` genes with the highest control expression (all genes if fewer), highest first.
+
+    Parameters
+    ----------
+    control_mean
+        Mean control expression per gene.
+    n
+        How many genes.
+
+    Returns
+    -------
+    Integer indices (ties broken by gene order).
+    """
+    control_mean = _vec(control_mean, "control_mean")
+    order = np.argsort(-control_mean, kind="stable")
+    return order[: min(n, control_mean.size)]
+
+
+def perturbation_metrics(
+    data: AnnData,
+    predictions: pd.DataFrame | np.ndarray | str,
+    *,
+    conditions: Sequence[str] | None = None,
+    metrics: Sequence[str] | None = None,
+    de_genes: Mapping[str, Sequence[str]] | None = None,
+    n_top_expressed: int = 1000,
+) -> pd.DataFrame:
+    """Score predicted pseudobulks against observed ones: one row per condition and metric.
+
+    Parameters
+    ----------
+    data
+        Pseudobulk AnnData from :func:`scfmkit.pp.pseudobulk_perturbations` (conditions x genes; observed means in
+        ``X``, control mean in ``var['control_mean']``, top DE genes in ``uns['perturbation']['top_de_genes']``).
+    predictions
+        Predicted expression: a DataFrame (conditions x genes, index = condition names, columns = ``data.var_names``),
+        an array in the order of ``conditions``, or the name of a layer of ``data`` (as written by
+        :func:`scfmkit.tl.predict_perturbation`).
+    conditions
+        Conditions to score (default: the DataFrame's index, or all rows of the layer without NaN).
+    metrics
+        Subset of :data:`PERTURBATION_METRICS` (default: all).
+    de_genes
+        Top DE genes per condition (default: ``data.uns['perturbation']['top_de_genes']``).
+    n_top_expressed
+        Genes used by ``pearson_delta_top1000`` and ``l2_top1000`` (the most expressed in control).
+
+    Returns
+    -------
+    A tidy DataFrame with columns ``condition``, ``metric``, ``value`` (a new object; ``data`` is not modified).
+    The reference of ``pearson_delta_pert`` is the mean of all non-control observed pseudobulks in ``data``
+    (Systema's perturbed centroid); ``centroid_accuracy`` ranks each condition among the scored ``conditions``.
+    """
+    import pandas as pd
+
+    metrics = list(PERTURBATION_METRICS if metrics is None else metrics)
+    unknown = sorted(set(metrics) - set(PERTURBATION_METRICS))
+    if unknown:
+        msg = f"Unknown metrics {unknown}; choose from {list(PERTURBATION_METRICS)}."
+        raise ValueError(msg)
+    info = data.uns.get("perturbation")
+    if info is None or "control_mean" not in data.var:
+        msg = "`data` is not a perturbation pseudobulk; build it with `scfmkit.pp.pseudobulk_perturbations` first."
+        raise ValueError(msg)
+    var_names = data.var_names
+    if isinstance(predictions, str):
+        if predictions not in data.layers:
+            msg = f"Layer {predictions!r} not found; available layers: {list(data.layers)}."
+            raise KeyError(msg)
+        layer = np.asarray(data.layers[predictions], dtype=np.float64)
+        frame = pd.DataFrame(layer, index=data.obs_names, columns=var_names)
+        if conditions is None:
+            conditions = list(frame.index[~np.isnan(layer).any(1)])
+        pred_mat = frame.loc[list(conditions)].to_numpy()
+    elif isinstance(predictions, pd.DataFrame):
+        missing_genes = var_names.difference(predictions.columns)
+        if len(missing_genes):
+            msg = f"`predictions` lacks {len(missing_genes)} genes of `data` (e.g. {list(missing_genes[:5])})."
+            raise ValueError(msg)
+        if conditions is None:
+            conditions = list(predictions.index)
+        pred_mat = predictions.loc[list(conditions), list(var_names)].to_numpy(dtype=np.float64)
+    else:
+        if conditions is None:
+            msg = "Pass `conditions=` (the row names) together with an array of predictions."
+            raise ValueError(msg)
+        pred_mat = np.asarray(predictions, dtype=np.float64)
+        if pred_mat.shape != (len(conditions), data.n_vars):
+            msg = f"`predictions` must be {len(conditions)} x {data.n_vars}, got {pred_mat.shape}."
+            raise ValueError(msg)
+    conditions = [str(c) for c in conditions]
+    missing = [c for c in conditions if c not in data.obs_names]
+    if missing:
+        msg = f"Conditions {missing[:5]} are not rows of `data`; only observed conditions can be scored."
+        raise KeyError(msg)
+    true_mat = _dense(data[conditions].X)
+    ctrl = data.var["control_mean"].to_numpy(dtype=np.float64)
+    perturbed = ~data.obs["is_control"].to_numpy(bool)
+    pert_centroid = _dense(data[perturbed].X).mean(0) if perturbed.any() else ctrl
+    top_expr = top_expressed_genes(ctrl, n_top_expressed)
+    if de_genes is None:
+        de_genes = info.get("top_de_genes", {})
+    gene_pos = pd.Index(var_names)
+
+    rows = []
+    acc = centroid_accuracy(pred_mat, true_mat) if "centroid_accuracy" in metrics else None
+    for i, cond in enumerate(conditions):
+        p, t = pred_mat[i], true_mat[i]
+        de = de_genes.get(cond)
+        de_idx = None if de is None else gene_pos.get_indexer(list(de))
+        if de_idx is not None:
+            de_idx = de_idx[de_idx >= 0]
+        values: dict[str, float] = {}
+        for m in metrics:
+            if m.endswith("_de") and (de_idx is None or de_idx.size == 0):
+                values[m] = float("nan")
+                continue
+            if m == "pearson_delta_top1000":
+                values[m] = pearson_delta(p, t, ctrl, genes=top_expr)
+            elif m == "l2_top1000":
+                values[m] = l2_distance(p, t, genes=top_expr)
+            elif m == "pearson":
+                values[m] = pearson(p, t)
+            elif m == "pearson_delta":
+                values[m] = pearson_delta(p, t, ctrl)
+            elif m == "mse":
+                values[m] = mse(p, t)
+            elif m == "pearson_de":
+                values[m] = pearson(p, t, genes=de_idx)
+            elif m == "pearson_delta_de":
+                values[m] = pearson_delta(p, t, ctrl, genes=de_idx)
+            elif m == "mse_de":
+                values[m] = mse(p, t, genes=de_idx)
+            elif m == "direction_de":
+                values[m] = direction_agreement(p, t, ctrl, genes=de_idx)
+            elif m == "centroid_accuracy":
+                values[m] = float(acc[i])
+            elif m == "pearson_delta_pert":
+                values[m] = pearson_delta(p, t, pert_centroid)
+            elif m == "spearman_lfc":
+                values[m] = spearman_delta(p, t, ctrl)
+            elif m == "spearman_lfc_de":
+                values[m] = spearman_delta(p, t, ctrl, genes=de_idx)
+        rows.extend({"condition": cond, "metric": m, "value": v} for m, v in values.items())
+    return pd.DataFrame(rows, columns=["condition", "metric", "value"])
+
+
+def _dense(x) -> np.ndarray:
+    if hasattr(x, "toarray"):
+        x = x.toarray()
+    return np.asarray(x, dtype=np.float64)

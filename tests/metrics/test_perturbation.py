@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import scfmkit as fm
+from scfmkit.metrics import _perturbation as M
+
+# every expected value below is computed by hand in the comment next to it
+
+
+def test_pearson_hand():
+    # deviations [-1,0,1] and [-1,1,0]: sum of products 1, norms sqrt(2)*sqrt(2) = 2 -> 0.5
+    assert M.pearson([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
+    assert M.pearson([1, 2, 3, 9], [1, 3, 2, -5], genes=[0, 1, 2]) == pytest.approx(0.5)
+    assert M.pearson([1, 2, 3, 9], [1, 3, 2, -5], genes=np.array([True, True, True, False])) == pytest.approx(0.5)
+
+
+def test_pearson_delta_hand():
+    # deltas [1,3,5] and [0,4,2]: deviations [-2,0,2], [-2,2,0] -> 4 / (sqrt(8) sqrt(8)) = 0.5
+    assert M.pearson_delta([2, 4, 6], [1, 5, 3], [1, 1, 1]) == pytest.approx(0.5)
+    # a constant change (the control predictor) has no defined correlation
+    assert np.isnan(M.pearson_delta([1, 2, 3], [3, 1, 2], [1, 2, 3]))
+
+
+def test_mse_l2_hand():
+    # squared errors 0, 1, 1
+    assert M.mse([1, 2, 3], [1, 3, 2]) == pytest.approx(2 / 3)
+    assert M.l2_distance([1, 2, 3], [1, 3, 2]) == pytest.approx(np.sqrt(2))
+    assert M.mse([1, 2, 3], [1, 3, 2], genes=[1]) == pytest.approx(1.0)
+
+
+def test_direction_hand():
+    # changes pred [1,-1,0], true [2,-2,0]: all signs agree
+    assert M.direction_agreement([2, 0, 1], [3, -1, 1], [1, 1, 1]) == pytest.approx(1.0)
+    # pred [1,1,0] vs true [1,-1,0]: 2 of 3 agree
+    assert M.direction_agreement([2, 2, 1], [3, -1, 1], [1, 1, 1]) == pytest.approx(2 / 3)
+
+
+def test_spearman_hand():
+    # ranks [1,2,3,4] vs [1,3,2,4]: 1 - 6*2/(4*15) = 0.8
+    assert M.spearman_delta([1, 2, 3, 4], [1, 3, 2, 4], [0, 0, 0, 0]) == pytest.approx(0.8)
+    # ties get average ranks [1.5,1.5,3] vs [1,2,3]: 1.5 / sqrt(1.5*2) = sqrt(3)/2
+    assert M.spearman_delta([1, 1, 2], [1, 2, 3], [0, 0, 0]) == pytest.approx(np.sqrt(3) / 2)
+
+
+def test_centroid_accuracy_hand():
+    true = np.array([[0, 0], [10, 0], [0, 10]], dtype=float)
+    pred = np.array([[1, 0], [0, 9], [5, 5]], dtype=float)
+    # row 0: own distance 1, others 9 and 10.05 are farther -> 2/2
+    # row 1: own distance 13.45, others 9 and 1 are closer -> 0/2
+    # row 2: all three distances are 7.07: none strictly farther -> 0/2
+    np.testing.assert_allclose(M.centroid_accuracy(pred, true), [1.0, 0.0, 0.0])
+    assert np.isnan(M.centroid_accuracy(pred[:1], true[:1])).all()
+
+
+def test_top_expressed_hand():
+    np.testing.assert_array_equal(M.top_expressed_genes([3, 1, 2, 3], n=2), [0, 3])
+    assert len(M.top_expressed_genes([1, 2], n=1000)) == 2
+
+
+def test_kernel_errors():
+    with pytest.raises(ValueError, match="same shape"):
+        M.pearson([1, 2], [1, 2, 3])
+    with pytest.raises(ValueError, match="1-D"):
+        M.mse(np.ones((2, 2)), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="same shape"):
+        M.centroid_accuracy(np.ones((2, 3)), np.ones((3, 3)))
+
+
+@pytest.fixture
+def pdata():
+    rng = np.random.default_rng(0)
+    import anndata as ad
+
+    genes = [f"g{i}" for i in range(30)]
+    labels = np.repeat(["control", "g1", "g2", "g1+g2"], 20)
+    X = rng.poisson(3, size=(len(labels), len(genes))).astype(float)
+    X[labels == "g1", 5] += 20
+    X[labels == "g2", 6] += 20
+    cells = ad.AnnData(X, obs=pd.DataFrame({"condition": labels}, index=[f"c{i}" for i in range(len(labels))]))
+    cells.var_names = genes
+    return fm.pp.pseudobulk_perturbations(cells, n_top_de=5)
+
+
+def test_wrapper_perfect_prediction(pdata):
+    conds = ["g1", "g2", "g1+g2"]
+    truth = pd.DataFrame(pdata[conds].X, index=conds, columns=pdata.var_names)
+    df = fm.metrics.perturbation_metrics(pdata, truth)
+    assert list(df.columns) == ["condition", "metric", "value"]
+    assert set(df["metric"]) == set(fm.metrics.PERTURBATION_METRICS)
+    v = df.set_index(["condition", "metric"])["value"]
+    assert v[("g1", "pearson_delta")] == pytest.approx(1.0)
+    assert v[("g1", "mse")] == pytest.approx(0.0)
+    assert v[("g1", "direction_de")] == pytest.approx(1.0)
+    assert v[("g1+g2", "centroid_accuracy")] == pytest.approx(1.0)
+    assert v[("g2", "spearman_lfc_de")] == pytest.approx(1.0)
+
+
+def test_wrapper_matches_kernels(pdata):
+    conds = ["g1", "g2"]
+    rng = np.random.default_rng(1)
+    pred = pdata[conds].X + rng.normal(0, 0.1, size=(2, pdata.n_vars))
+    df = fm.metrics.perturbation_metrics(pdata, pred, conditions=conds, metrics=["pearson_delta_de", "l2_top1000"])
+    ctrl = pdata.var["control_mean"].to_numpy()
+    de = pdata.var_names.get_indexer(pdata.uns["perturbation"]["top_de_genes"]["g2"])
+    got = df.set_index(["condition", "metric"])["value"]
+    assert got[("g2", "pearson_delta_de")] == pytest.approx(M.pearson_delta(pred[1], pdata["g2"].X[0], ctrl, genes=de))
+    assert got[("g1", "l2_top1000")] == pytest.approx(M.l2_distance(pred[0], pdata["g1"].X[0]))
+
+
+def test_wrapper_errors(pdata):
+    with pytest.raises(ValueError, match="Unknown metrics"):
+        fm.metrics.perturbation_metrics(pdata, "delta", metrics=["nope"])
+    with pytest.raises(KeyError, match="not found"):
+        fm.metrics.perturbation_metrics(pdata, "nope")
+    with pytest.raises(ValueError, match="conditions="):
+        fm.metrics.perturbation_metrics(pdata, np.zeros((1, pdata.n_vars)))
