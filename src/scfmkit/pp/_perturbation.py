@@ -148,7 +148,7 @@ def pseudobulk_perturbations(
         counts = _looks_like_counts(X)
     if counts:
         logger.info("Values look like raw counts: normalising each cell to %g and applying log1p.", target_sum)
-        tmp = ad.AnnData(X.copy() if sparse.issparse(X) else X.copy())
+        tmp = ad.AnnData(X.copy(), obs=pd.DataFrame(index=pd.RangeIndex(X.shape[0]).astype(str)))
         sc.pp.normalize_total(tmp, target_sum=target_sum)
         sc.pp.log1p(tmp)
         X = tmp.X
@@ -183,7 +183,10 @@ def pseudobulk_perturbations(
     top_de: dict[str, list[str]] = {}
     perturbed = [c for c in order if c != control]
     if perturbed and n_top_de > 0:
-        tmp = ad.AnnData(X, obs=pd.DataFrame({"group": pd.Categorical(labels, categories=order)}))
+        groups = pd.DataFrame(
+            {"group": pd.Categorical(labels, categories=order)}, index=pd.RangeIndex(len(labels)).astype(str)
+        )
+        tmp = ad.AnnData(X, obs=groups)
         tmp.var_names = var_names
         with warnings.catch_warnings():  # scanpy's own pandas PerformanceWarnings, not about the user's data
             warnings.simplefilter("ignore", pd.errors.PerformanceWarning)
