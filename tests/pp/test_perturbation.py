@@ -31,7 +31,8 @@ def _same(a, b):
     pd.testing.assert_frame_equal(a.obs, b.obs)
     x, y = (m.toarray() if sparse.issparse(m) else m for m in (a.X, b.X))
     np.testing.assert_array_equal(x, y)
-    assert list(a.uns) == list(b.uns) and list(a.layers) == list(b.layers)
+    assert list(a.uns) == list(b.uns)
+    assert list(a.layers) == list(b.layers)
 
 
 @pytest.mark.parametrize("sparse_x", [False, True])
@@ -49,11 +50,16 @@ def test_pseudobulk_counts(sparse_x, caplog):
     np.testing.assert_allclose(pb["g1"].X[0], X[lab == "g1"].mean(0), rtol=1e-5)
     np.testing.assert_allclose(pb.var["control_mean"], X[lab == "control"].mean(0), rtol=1e-5)
     np.testing.assert_allclose(pb.layers["delta"], pb.X - pb.var["control_mean"].to_numpy(), atol=1e-12)
-    assert pb.obs.loc["g1+g2", "genes"] == "g1+g2" and pb.obs.loc["g1+g2", "n_perturbed"] == 2
-    assert pb.obs.loc["control", "is_control"] and pb.obs.loc["control", "genes"] == ""
-    assert not pb.obs.loc["XX", "genes_measured"] and pb.obs.loc["g3", "genes_measured"]
+    assert pb.obs.loc["g1+g2", "genes"] == "g1+g2"
+    assert pb.obs.loc["g1+g2", "n_perturbed"] == 2
+    assert pb.obs.loc["control", "is_control"]
+    assert pb.obs.loc["control", "genes"] == ""
+    assert not pb.obs.loc["XX", "genes_measured"]
+    assert pb.obs.loc["g3", "genes_measured"]
     top = pb.uns["perturbation"]["top_de_genes"]
-    assert top["g1"][0] == "g1" and top["g2"][0] == "g2" and len(top["g1"]) == 3
+    assert top["g1"][0] == "g1"
+    assert top["g2"][0] == "g2"
+    assert len(top["g1"]) == 3
     assert pb.layers["top_de"].sum(1).tolist() == [0, 3, 3, 3, 3, 3]
     assert pb.uns["perturbation"]["params"]["counts"] is True
 
@@ -148,7 +154,9 @@ def test_split_double(combo_pb):
     n_pert = combo_pb.obs["n_perturbed"]
     assert (s[n_pert <= 1] == "train").all()
     doubles = s[n_pert == 2]
-    assert (doubles == "train").sum() == 6 and (doubles == "test").sum() == 3 and (doubles == "holdout").sum() == 3
+    assert (doubles == "train").sum() == 6
+    assert (doubles == "test").sum() == 3
+    assert (doubles == "holdout").sum() == 3
 
 
 def test_split_simulation(combo_pb):
@@ -160,7 +168,8 @@ def test_split_simulation(combo_pb):
         seen = sum(g in train_genes for g in genes)
         sub = row["split_subgroup"]
         if len(genes) == 1:
-            assert sub == "unseen_single" and seen == 0, cond
+            assert sub == "unseen_single", cond
+            assert seen == 0, cond
         else:
             assert sub.startswith("combo_seen")
     assert set(obs["split"].astype(str)) <= {"train", "test", "holdout"}

@@ -445,6 +445,9 @@ def fit_predictor(
     -------
     The fitted predictor (a new object; ``adata`` is not modified).
     """
+    from scfmkit.pp._perturbation import _check_pseudobulk
+
+    _check_pseudobulk(adata)
     predictor = _make(method, options)
     return predictor.fit(adata, _train_names(adata, split_key, train))
 
