@@ -188,6 +188,16 @@ def _ridge_bilinear(Y: np.ndarray, G: np.ndarray, P: np.ndarray, ridge: float) -
     return W, b
 
 
+def _small_svd(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Thin SVD of a small matrix on one BLAS thread (multi-threaded OpenBLAS is ~100x slower at this size)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn/scanpy
+        return np.linalg.svd(X, full_matrices=False)
+    with threadpool_limits(1, user_api="blas"):
+        return np.linalg.svd(X, full_matrices=False)
+
+
 class LinearPredictor(PerturbationPredictor):
     """``linear``: the model of Ahlmann-Eltze, Huber & Anders (Nat Methods 2025), ``Y = G W P^T + b``.
 
@@ -203,7 +213,8 @@ class LinearPredictor(PerturbationPredictor):
         ``varm`` key of the pseudobulk, a DataFrame (genes x dims, index = gene names; may hold genes that are not
         measured, e.g. the perturbed ones), a genes x dims array in ``var`` order, or a
         :class:`~scfmkit.models.FoundationModel` (its ``embed_genes(kind="token")``; scGPT gene / Geneformer token
-        embeddings). Genes without an embedding (NaN rows) are left out of the fit and predicted as ``control + b``.
+        embeddings). Genes without an embedding (NaN rows) are left out of the fit and predicted as control plus their
+        mean training change.
     perturbation_embedding
         ``"genes"`` (default, the reference): ``p`` of a condition is the row of the gene embedding of its perturbed
         gene (zero for control). Combinations SUM their genes' rows (our choice; the reference predicts singles
@@ -261,7 +272,9 @@ class LinearPredictor(PerturbationPredictor):
         if isinstance(emb, FoundationModel):
             import anndata as ad
 
-            wanted = list(dict.fromkeys([*self.var_names, *(g for gs in self.train_genes for g in gs)]))
+            # measured genes plus every perturbed gene named in the pseudobulk (labels only, no data)
+            named = (g for s in pdata.obs["genes"].astype(str) for g in s.split(self.sep) if g)
+            wanted = list(dict.fromkeys([*self.var_names, *named]))
             probe = ad.AnnData(np.zeros((1, len(wanted)), dtype=np.float32))
             probe.var_names = wanted
             arr, _ = emb.embed_genes(probe, kind="token")
@@ -287,7 +300,7 @@ class LinearPredictor(PerturbationPredictor):
             if k < 1:
                 msg = "Too few training conditions/genes for the PCA of the linear model."
                 raise ValueError(msg)
-            U, S, Vt = np.linalg.svd(Xc, full_matrices=False)
+            U, S, Vt = _small_svd(Xc)
             G = U[:, :k] * S[:k]
             self.gene_table = pd.DataFrame(G, index=self.var_names)
             self.cond_scores = pd.DataFrame(Vt[:k].T * S[:k], index=self.train_names)
@@ -332,6 +345,7 @@ class LinearPredictor(PerturbationPredictor):
         P = np.vstack(rows)
         Y = self.train_delta[keep][:, gene_ok].T
         self.W, self.b = _ridge_bilinear(Y, self.G, P, ridge)
+        self.b_all = self.train_delta[keep].mean(0)  # fallback for genes without an embedding
         self.n_components_ = self.G.shape[1]
 
     def _p(self, condition: str) -> np.ndarray | None:
@@ -357,7 +371,7 @@ class LinearPredictor(PerturbationPredictor):
         out = np.tile(self.ctrl, (len(conditions), 1))
         out[:, self.gene_ok] += (self.G @ self.W @ P.T + self.b[:, None]).T
         if not self.gene_ok.all():
-            out[:, ~self.gene_ok] = self.ctrl[~self.gene_ok]
+            out[:, ~self.gene_ok] += self.b_all[~self.gene_ok]
         return out
 
 
