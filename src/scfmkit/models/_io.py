@@ -21,6 +21,7 @@ _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
     ("numpy", "dtype"),
+    ("_codecs", "encode"),  # protocol 2 stores a scalar's bytes as latin-1 text
 }
 
 
@@ -29,12 +30,19 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if (module, name) in _ALLOWED_GLOBALS:
             import numpy as np
 
-            return {"scalar": _np_scalar, "dtype": np.dtype}[name]
+            return {"scalar": _np_scalar, "dtype": np.dtype, "encode": _latin1_encode}[name]
         msg = (
             f"Refusing to unpickle {module}.{name}: dictionary files may only hold plain containers, strings and "
             "numbers. This file may be malicious or not a model dictionary; re-download it from the model's source."
         )
         raise UnsafeFileError(msg)
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    if not isinstance(text, str) or encoding not in {"latin1", "latin-1"}:
+        msg = "Refusing to unpickle a call to _codecs.encode other than latin-1 text to bytes."
+        raise UnsafeFileError(msg)
+    return text.encode("latin-1")
 
 
 def _np_scalar(dtype: Any, data: bytes | None = None) -> Any:
