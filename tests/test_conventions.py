@@ -1,0 +1,50 @@
+"""Every public function follows the scverse signature conventions (cf. scanpy's test_sig_conventions)."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+import scfmkit as fm
+
+FIRST_ARGS = {"adata", "data", "mdata", "results", "tokens", "y_true", "pred", "obs", "X"}
+
+
+def _public_functions():
+    for mod in (fm.pp, fm.tl, fm.pl, fm.metrics):
+        for name in getattr(mod, "__all__", None) or [n for n in dir(mod) if not n.startswith("_")]:
+            obj = getattr(mod, name)
+            if inspect.isfunction(obj):
+                yield pytest.param(obj, id=f"{mod.__name__.split('.')[-1]}.{name}")
+
+
+@pytest.mark.parametrize("func", list(_public_functions()))
+def test_signature_conventions(func):
+    sig = inspect.signature(func)
+    params = list(sig.parameters.values())
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    assert len(positional) <= 3, f"{func.__name__}: at most 3 positional parameters, got {[p.name for p in positional]}"
+    assert "random_state" not in sig.parameters, f"{func.__name__}: use `rng`, not `random_state`"
+    if "copy" in sig.parameters:
+        copy = sig.parameters["copy"]
+        assert copy.kind is copy.KEYWORD_ONLY and copy.default is False
+        assert positional and positional[0].name in {"adata", "data", "mdata"}
+        ret = str(sig.return_annotation)
+        assert "None" in ret and ("AnnData" in ret or "MuData" in ret), f"{func.__name__}: returns `AnnData | None`"
+    if "key_added" in sig.parameters:
+        assert sig.parameters["key_added"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert func.__doc__ and func.__doc__.strip(), f"{func.__name__} has no docstring"
+
+
+def test_import_does_not_load_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, scfmkit; bad = [m for m in ('torch', 'jax', 'scvi', 'transformers') if m in sys.modules]; print(bad)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
+
+
+def test_top_level_only_reexports():
+    assert {"pp", "tl", "pl", "metrics", "models", "datasets", "settings"} <= set(fm.__all__)
