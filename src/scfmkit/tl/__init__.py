@@ -2,6 +2,7 @@
 
 from ._embed import embed, embed_genes
 from ._baselines import baselines
+from ._mapping import map_to_reference
 from ._perturbation import (
     PerturbationPredictor,
     available_predictors,
