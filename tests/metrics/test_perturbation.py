@@ -22,6 +22,10 @@ def test_pearson_delta_hand():
     assert M.pearson_delta([2, 4, 6], [1, 5, 3], [1, 1, 1]) == pytest.approx(0.5)
     # a constant change (the control predictor) has no defined correlation
     assert np.isnan(M.pearson_delta([1, 2, 3], [3, 1, 2], [1, 2, 3]))
+    # ... also when it is constant only up to rounding (mean of 0.1, 0.2, 0.7 vs its reference)
+    ref = np.array([0.1, 0.2, 0.7]) / 3 * 3
+    assert np.isnan(M.pearson_delta(ref + np.array([0, 1e-16, -1e-16]), [3, 1, 2], ref))
+    assert np.isnan(M.spearman_delta(ref + np.array([0, 1e-16, -1e-16]), [3, 1, 2], ref))
 
 
 def test_mse_l2_hand():
@@ -53,6 +57,11 @@ def test_centroid_accuracy_hand():
     # row 2: all three distances are 7.07: none strictly farther -> 0/2
     np.testing.assert_allclose(M.centroid_accuracy(pred, true), [1.0, 0.0, 0.0])
     assert np.isnan(M.centroid_accuracy(pred[:1], true[:1])).all()
+    # one extra competitor [0, 8]: row 0 (own 1) -> 3/3; row 1 ([0,9], own 13.45) -> the extra (1) is closer: 0/3;
+    # row 2 ([5,5], own 7.07): [0,8] is at sqrt(34) = 5.83, closer -> 0/3
+    np.testing.assert_allclose(M.centroid_accuracy(pred, true, others=[[0, 8]]), [1.0, 0.0, 0.0])
+    # a single prediction still has competitors when others are given: [1,0] vs own [0,0] (1) and [5,5] (6.4)
+    np.testing.assert_allclose(M.centroid_accuracy(pred[:1], true[:1], others=[[5, 5]]), [1.0])
 
 
 def test_top_expressed_hand():
@@ -108,6 +117,18 @@ def test_wrapper_matches_kernels(pdata):
     got = df.set_index(["condition", "metric"])["value"]
     assert got[("g2", "pearson_delta_de")] == pytest.approx(M.pearson_delta(pred[1], pdata["g2"].X[0], ctrl, genes=de))
     assert got[("g1", "l2_top1000")] == pytest.approx(M.l2_distance(pred[0], pdata["g1"].X[0]))
+
+
+def test_wrapper_systema_reference(pdata):
+    # the mean of the training perturbations IS the reference: no perturbation-specific change, NaN correlation
+    train = ["g1", "g2"]
+    mean_pred = pdata[train].X.mean(0)
+    df = fm.metrics.perturbation_metrics(
+        pdata, mean_pred[None, :], conditions=["g1+g2"], train=train, metrics=["pearson_delta_pert", "pearson_delta"]
+    )
+    v = df.set_index("metric")["value"]
+    assert np.isnan(v["pearson_delta_pert"])
+    assert np.isfinite(v["pearson_delta"])
 
 
 def test_wrapper_errors(pdata):

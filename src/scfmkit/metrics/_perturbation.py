@@ -8,8 +8,8 @@ conditions at once. The metrics follow the published benchmarks:
 - GEARS (Roohani et al. 2024): Pearson, Pearson delta and MSE on all genes and on the top-20 DE genes of the condition
   (``pearson``, ``pearson_delta``, ``mse``, ``pearson_de``, ``pearson_delta_de``, ``mse_de``) and the fraction of DE
   genes whose predicted change has the right sign (``direction_de``).
-- Systema (Vinas Torne et al. 2025): centroid accuracy and Pearson delta measured against the centroid of the
-  perturbed conditions instead of control (``centroid_accuracy``, ``pearson_delta_pert``).
+- Systema (Vinas Torne et al. 2025): centroid accuracy and Pearson delta measured against the average of the
+  training perturbation centroids instead of control (``centroid_accuracy``, ``pearson_delta_pert``).
 - cz-benchmarks: Spearman correlation of predicted and observed log fold changes (``spearman_lfc``,
   ``spearman_lfc_de``); on log-normalised pseudobulks the log fold change is the difference to control.
 
@@ -80,15 +80,23 @@ def _check_same(*arrays: np.ndarray) -> None:
         raise ValueError(msg)
 
 
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
+def _corr(a: np.ndarray, b: np.ndarray, scale: float = 1.0) -> float:
     if a.size < 2:
         return float("nan")
     a = a - a.mean()
     b = b - b.mean()
+    # constant up to rounding (e.g. a prediction that equals the reference): the correlation is undefined
+    tol = 1e-10 * max(1.0, scale)
+    if np.abs(a).max() <= tol or np.abs(b).max() <= tol:
+        return float("nan")
     denom = np.sqrt((a * a).sum() * (b * b).sum())
     if denom == 0 or not np.isfinite(denom):
         return float("nan")
     return float(np.clip((a * b).sum() / denom, -1.0, 1.0))
+
+
+def _scale(*arrays: np.ndarray) -> float:
+    return float(max((np.abs(a).max() if a.size else 0.0) for a in arrays))
 
 
 def _rank(a: np.ndarray) -> np.ndarray:
@@ -139,7 +147,7 @@ def pearson_delta(pred, true, reference, *, genes=None) -> float:
     pred, true, reference = _vec(pred, "pred"), _vec(true, "true"), _vec(reference, "reference")
     _check_same(pred, true, reference)
     pred, true, reference = _subset(genes, pred, true, reference)
-    return _corr(pred - reference, true - reference)
+    return _corr(pred - reference, true - reference, _scale(pred, true, reference))
 
 
 def mse(pred, true, *, genes=None) -> float:
@@ -232,38 +240,52 @@ def spearman_delta(pred, true, reference, *, genes=None) -> float:
     pred, true, reference = _subset(genes, pred, true, reference)
     if pred.size < 2:
         return float("nan")
-    return _corr(_rank(pred - reference), _rank(true - reference))
+    d_pred, d_true = pred - reference, true - reference
+    scale = _scale(pred, true, reference)
+    tol = 1e-10 * max(1.0, scale)
+    if np.ptp(d_pred) <= tol or np.ptp(d_true) <= tol:
+        return float("nan")
+    return _corr(_rank(d_pred), _rank(d_true))
 
 
-def centroid_accuracy(pred, true) -> np.ndarray:
+def centroid_accuracy(pred, true, *, others=None) -> np.ndarray:
     """Systema's centroid accuracy of each condition.
 
-    For condition ``i`` it is the fraction of the *other* conditions ``j`` whose observed centroid ``true[j]`` is
-    farther (Euclidean) from the prediction ``pred[i]`` than its own observed centroid ``true[i]``: 1 means the
-    prediction is closer to the right perturbation than to every other one, ~0.5 is chance.
+    For condition ``i`` it is the fraction of the *other* observed centroids (the rows ``true[j]``, ``j != i``, plus
+    the rows of ``others``) that are farther (Euclidean) from the prediction ``pred[i]`` than its own observed
+    centroid ``true[i]``: 1 means the prediction is closer to the right perturbation than to every other one, ~0.5
+    is chance. Systema compares against all observed perturbations, training ones included (pass them as
+    ``others``).
 
     Parameters
     ----------
     pred, true
         Predicted and observed centroids, conditions x genes, rows in the same order.
+    others
+        Observed centroids of further perturbations (m x genes), used only as competitors.
 
     Returns
     -------
-    One value per condition (NaN for all when fewer than 2 conditions are evaluated).
+    One value per condition (NaN for all when there is no competitor).
     """
     pred = np.asarray(pred, dtype=np.float64)
     true = np.asarray(true, dtype=np.float64)
     if pred.ndim != 2 or pred.shape != true.shape:
         msg = f"`pred` and `true` must be 2-D arrays of the same shape, got {pred.shape} and {true.shape}."
         raise ValueError(msg)
+    cand = true
+    if others is not None:
+        others = np.asarray(others, dtype=np.float64).reshape(-1, true.shape[1])
+        cand = np.vstack([true, others])
     n = pred.shape[0]
-    if n < 2:
+    n_comp = cand.shape[0] - 1
+    if n_comp < 1:
         return np.full(n, np.nan)
-    sq = (pred * pred).sum(1)[:, None] + (true * true).sum(1)[None, :] - 2 * pred @ true.T
+    sq = (pred * pred).sum(1)[:, None] + (cand * cand).sum(1)[None, :] - 2 * pred @ cand.T
     dist = np.sqrt(np.maximum(sq, 0))
-    own = np.diag(dist)[:, None]
-    farther = (dist > own).sum(1)  # the diagonal is never counted (not > itself)
-    return farther / (n - 1)
+    own = dist[np.arange(n), np.arange(n)][:, None]
+    farther = (dist > own).sum(1)  # the own centroid is never counted (not > itself)
+    return farther / n_comp
 
 
 def top_expressed_genes(control_mean, n: int = 1000) -> np.ndarray:
@@ -292,6 +314,7 @@ def perturbation_metrics(
     conditions: Sequence[str] | None = None,
     metrics: Sequence[str] | None = None,
     de_genes: Mapping[str, Sequence[str]] | None = None,
+    train: Sequence[str] | None = None,
     n_top_expressed: int = 1000,
 ) -> pd.DataFrame:
     """Score predicted pseudobulks against observed ones: one row per condition and metric.
@@ -311,14 +334,18 @@ def perturbation_metrics(
         Subset of :data:`PERTURBATION_METRICS` (default: all).
     de_genes
         Top DE genes per condition (default: ``data.uns['perturbation']['top_de_genes']``).
+    train
+        Training conditions. Systema's reference for ``pearson_delta_pert`` is the mean of their non-control
+        pseudobulks (the average of the training perturbation centroids). Default: ``obs['split'] == 'train'`` when
+        that column exists, else every non-control row that is not scored (all non-control rows if none is left).
     n_top_expressed
         Genes used by ``pearson_delta_top1000`` and ``l2_top1000`` (the most expressed in control).
 
     Returns
     -------
     A tidy DataFrame with columns ``condition``, ``metric``, ``value`` (a new object; ``data`` is not modified).
-    The reference of ``pearson_delta_pert`` is the mean of all non-control observed pseudobulks in ``data``
-    (Systema's perturbed centroid); ``centroid_accuracy`` ranks each condition among the scored ``conditions``.
+    ``centroid_accuracy`` compares each prediction with the observed centroids of all non-control rows of ``data``
+    (scored and training conditions alike, as Systema does).
     """
     import pandas as pd
 
@@ -364,15 +391,26 @@ def perturbation_metrics(
         raise KeyError(msg)
     true_mat = _dense(data[conditions].X)
     ctrl = data.var["control_mean"].to_numpy(dtype=np.float64)
-    perturbed = ~data.obs["is_control"].to_numpy(bool)
-    pert_centroid = _dense(data[perturbed].X).mean(0) if perturbed.any() else ctrl
+    is_ctrl = data.obs["is_control"].to_numpy(bool)
+    names = data.obs_names.astype(str)
+    if train is None:
+        if "split" in data.obs:
+            train = list(names[data.obs["split"].astype(str).to_numpy() == "train"])
+        else:
+            train = [n for n in names if n not in set(conditions)]
+    ref_rows = np.isin(names, [str(t) for t in train]) & ~is_ctrl
+    if not ref_rows.any():  # nothing held apart: the centroid of all perturbations
+        ref_rows = ~is_ctrl
+    pert_centroid = _dense(data[ref_rows].X).mean(0)
+    other_rows = ~is_ctrl & ~np.isin(names, conditions)
+    others = _dense(data[other_rows].X) if other_rows.any() else None
     top_expr = top_expressed_genes(ctrl, n_top_expressed)
     if de_genes is None:
         de_genes = info.get("top_de_genes", {})
     gene_pos = pd.Index(var_names)
 
     rows = []
-    acc = centroid_accuracy(pred_mat, true_mat) if "centroid_accuracy" in metrics else None
+    acc = centroid_accuracy(pred_mat, true_mat, others=others) if "centroid_accuracy" in metrics else None
     for i, cond in enumerate(conditions):
         p, t = pred_mat[i], true_mat[i]
         de = de_genes.get(cond)

@@ -639,7 +639,7 @@ def benchmark_perturbation(
             t0 = time.perf_counter()
             frame = pred.predict(ok)
             times[label][-1] += time.perf_counter() - t0
-            scores = perturbation_metrics(pdata, frame, metrics=metrics)
+            scores = perturbation_metrics(pdata, frame, metrics=metrics, train=train)
             scores.insert(0, "seed", int(seed))
             scores.insert(0, "method", label)
             frames.append(scores)
