@@ -105,23 +105,20 @@ def rank_value_tokenize(
         counts = counts.sorted_indices()
     norm = normalise_for_ranking(counts, np.asarray(n_counts).ravel(), medians)
     n = norm.shape[0]
-    row = np.repeat(np.arange(n), np.diff(norm.indptr))
-    # one stable lexsort for the whole chunk: by row, then by descending value; ties keep column order
-    order = np.lexsort((-norm.data, row))
-    cols = norm.indices[order]
     lengths = np.minimum(np.diff(norm.indptr), max_genes)
-    pos = np.arange(len(order)) - norm.indptr[row]
-    keep = pos < max_genes
-    genes = token_ids[cols[keep]].astype(np.int32, copy=False)
-    n_special = int(cls_token is not None) + int(eos_token is not None)
-    new_lengths = lengths + n_special
+    head = int(cls_token is not None)
     offsets = np.zeros(n + 1, np.int64)
-    np.cumsum(new_lengths, out=offsets[1:])
-    ids = np.empty(offsets[-1], np.int32)
-    body_start = offsets[:-1] + int(cls_token is not None)
-    # scatter each cell's genes after its optional <cls>
-    dest = np.repeat(body_start - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths) + np.arange(len(genes))
-    ids[dest] = genes
+    np.cumsum(lengths + head + int(eos_token is not None), out=offsets[1:])
+    largest = max(int(token_ids.max(initial=0)), cls_token or 0, eos_token or 0)
+    ids = np.empty(offsets[-1], np.int16 if largest < np.iinfo(np.int16).max else np.int32)
+    data, indices, indptr = norm.data, norm.indices, norm.indptr
+    cell_tokens = token_ids.astype(ids.dtype)
+    for i in range(n):
+        lo, hi = indptr[i], indptr[i + 1]
+        # stable descending sort of one cell: ties keep column order
+        top = np.argsort(-data[lo:hi], kind="stable")[:max_genes]
+        start = offsets[i] + head
+        ids[start : start + len(top)] = cell_tokens[indices[lo:hi][top]]
     if cls_token is not None:
         ids[offsets[:-1]] = cls_token
     if eos_token is not None:

@@ -1,0 +1,77 @@
+"""Helpers shared by the benchmark scripts (timing, peak memory, matmul peak, JSON lines)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SHARED = Path(os.environ.get("SCFMKIT_SHARED_DIR", Path(__file__).resolve().parents[1].parent / "shared"))
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", type=Path, default=Path("out/bench"), help="folder for the JSON-lines results")
+    p.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
+    return p.parse_args()
+
+
+class Recorder:
+    """Print one JSON object per measurement and append it to ``out/<name>.jsonl``."""
+
+    def __init__(self, out: Path, name: str) -> None:
+        out.mkdir(parents=True, exist_ok=True)
+        self.path = out / f"{name}.jsonl"
+        self.path.write_text("")
+        self.record(
+            "machine",
+            cpu=platform.processor() or platform.machine(),
+            n_cpu=os.cpu_count(),
+            python=sys.version.split()[0],
+        )
+
+    def record(self, what: str, **values) -> dict:
+        row = {"what": what, **values}
+        line = json.dumps(row, default=float)
+        print(line, flush=True)
+        with self.path.open("a") as f:
+            f.write(line + "\n")
+        return row
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
+    """Measured fp32 matmul throughput of this machine (torch, all threads), in GFLOP/s."""
+    import torch
+
+    a = torch.randn(n, n, dtype=getattr(torch, dtype))
+    b = torch.randn(n, n, dtype=getattr(torch, dtype))
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:
+    """Run ``cmd``; return (wall seconds, peak RSS in GiB of the child, stdout)."""
+    code = (
+        "import resource, subprocess, sys, time, json\n"
+        "t = time.perf_counter()\n"
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "wall = time.perf_counter() - t\n"
+        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2\n"
+        "sys.stderr.write(p.stderr)\n"
+        "print(json.dumps({'wall': wall, 'rss_gib': rss, 'rc': p.returncode, 'stdout': p.stdout}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *cmd], capture_output=True, text=True, env=env, check=True)
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    if res["rc"] != 0:
+        raise RuntimeError(f"{cmd} failed:\n{out.stderr[-3000:]}")
+    return res["wall"], res["rss_gib"], res["stdout"]
