@@ -216,3 +216,115 @@ def test_benchmark_notebook_executes(tmp_path):
     client.execute()
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors
+
+
+# ---------------------------------------------------------------- Geneformer in-silico perturbation
+from scfmkit.tl._perturbation import _null_targets, _perturb_tokens  # noqa: E402
+
+
+def test_perturb_tokens_kernel():
+    cell = np.array([2, 10, 11, 12, 13, 3])  # V2 layout: <cls> genes <eos>
+    np.testing.assert_array_equal(_perturb_tokens(cell, [12], mode="delete", skip=1, max_genes=10), [2, 10, 11, 13, 3])
+    assert _perturb_tokens(cell, [99], mode="delete", skip=1, max_genes=10) is None
+    # overexpress: to the front after <cls>; inserted when absent; truncated to the input size
+    np.testing.assert_array_equal(
+        _perturb_tokens(cell, [12], mode="overexpress", skip=1, max_genes=10), [2, 12, 10, 11, 13, 3]
+    )
+    np.testing.assert_array_equal(
+        _perturb_tokens(cell, [99], mode="overexpress", skip=1, max_genes=4), [2, 99, 10, 11, 12, 3]
+    )
+    np.testing.assert_array_equal(
+        _perturb_tokens(cell[1:-1], [13], mode="overexpress", skip=0, max_genes=10), [13, 10, 11, 12]
+    )
+
+
+def test_null_targets_matched_rank():
+    gen = np.random.default_rng(0)
+    cell = np.arange(100, 140)
+    for _ in range(20):
+        (stand_in,) = _null_targets(cell, [120], skip=0, window=3, pool=np.arange(100, 200), gen=gen)
+        assert stand_in != 120
+        assert abs(int(np.flatnonzero(cell == stand_in)[0]) - 20) <= 3
+    (absent,) = _null_targets(cell, [500], skip=0, window=3, pool=np.arange(100, 200), gen=gen)
+    assert 140 <= absent < 200  # a gene the cell does not express
+
+
+@pytest.fixture(scope="module")
+def tiny_gf(shared_dir, tmp_path_factory):
+    from scfmkit.models.geneformer import write_random_checkpoint
+
+    path = write_random_checkpoint(
+        tmp_path_factory.mktemp("gf") / "v1",
+        shared_dir / "models" / "geneformer-v1",
+        num_hidden_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        intermediate_size=64,
+    )
+    return fm.models.load(path)
+
+
+@pytest.fixture(scope="module")
+def gf_cells(shared_dir):
+    full = ad.read_h5ad(shared_dir / "data" / "celltypist_sample_counts_559cells.h5ad")
+    cells = full[:24].copy()
+    detected = np.asarray((cells.X > 0).sum(0)).ravel()
+    keep = np.sort(np.argsort(-detected, kind="stable")[:200])  # short cells keep the forward passes cheap
+    cells = cells[:, keep].copy()
+    cells.obs["state"] = np.where(np.arange(cells.n_obs) < 12, "A", "B")
+    return cells
+
+
+def test_geneformer_perturb_delete_by_hand(tiny_gf, gf_cells):
+    cells = gf_cells.copy()
+    gene = str(cells.var_names[0])
+    before = cells.copy()
+    out = fm.tl.geneformer_perturb(cells, tiny_gf, genes=gene, mode="delete", n_null=3, rng=0, copy=True)
+    assert list(cells.obs.columns) == list(before.obs.columns)  # copy=True leaves the input alone
+    expressing = np.asarray(cells[:, gene].X.toarray()).ravel() > 0
+    cos = out.obs["geneformer_perturb_cos"].to_numpy()
+    assert np.isnan(cos[~expressing]).all()
+    assert np.isfinite(cos[expressing]).all()
+    assert (cos[expressing] <= 1 + 1e-6).all()
+    # the perturbed embedding of one cell equals the embedding of its token list without the gene
+    tokens, _ = tiny_gf.tokenize(cells)
+    tok = int(tiny_gf.match_genes([gene]).token_ids[0])
+    i = int(np.flatnonzero(expressing)[0])
+    from scfmkit.models._rank_tokenize import TokenizedCells
+
+    cell = tokens[i][tokens[i] != tok]
+    emb = tiny_gf.embed_tokens(TokenizedCells(cell, np.array([0, len(cell)])))
+    np.testing.assert_allclose(out.obsm["X_geneformer_perturb"][i], emb[0], rtol=1e-4, atol=1e-5)
+    summary = out.uns["geneformer_perturb"]["summary"]
+    assert summary["n_cells_perturbed"] == expressing.sum()
+    assert 0 < summary["p_shift"] <= 1
+    assert out.uns["geneformer_perturb"]["params"]["expression_predictions"] is False
+
+
+def test_geneformer_perturb_overexpress_goal(tiny_gf, gf_cells):
+    cells = gf_cells.copy()
+    genes = [str(cells.var_names[1]), str(cells.var_names[2])]
+    fm.tl.geneformer_perturb(
+        cells, tiny_gf, genes=genes, mode="overexpress", goal_key="state", goal="B", n_null=2, rng=1, key_added="oe"
+    )
+    start = cells.obs["state"] == "A"
+    assert cells.obs.loc[start, "oe_goal_shift"].notna().all()  # overexpression perturbs every start cell
+    assert cells.obs.loc[~start, "oe_goal_shift"].isna().all()
+    assert "mean_goal_shift" in cells.uns["oe"]["summary"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "err", "match"),
+    [
+        ({"genes": "NOT_A_GENE_XYZ"}, ValueError, "not in geneformer-v1's dictionaries"),
+        ({"genes": "x", "mode": "knockdown"}, ValueError, "mode"),
+        ({"genes": "x", "goal_key": "state"}, ValueError, "both"),
+        ({"genes": "x", "goal_key": "nope", "goal": "B"}, KeyError, "not an obs column"),
+    ],
+)
+def test_geneformer_perturb_bad_input(tiny_gf, gf_cells, kwargs, err, match):
+    cells = gf_cells.copy()
+    before = cells.obs.copy()
+    with pytest.raises(err, match=match):
+        fm.tl.geneformer_perturb(cells, tiny_gf, **kwargs)
+    pd.testing.assert_frame_equal(cells.obs, before)

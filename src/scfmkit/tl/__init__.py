@@ -8,6 +8,7 @@ from ._perturbation import (
     available_predictors,
     benchmark_perturbation,
     fit_predictor,
+    geneformer_perturb,
     predict_perturbation,
     register_predictor,
 )

@@ -28,6 +28,7 @@ __all__ = [
     "available_predictors",
     "benchmark_perturbation",
     "fit_predictor",
+    "geneformer_perturb",
     "predict_perturbation",
     "register_predictor",
 ]
@@ -649,3 +650,323 @@ def benchmark_perturbation(
     out.attrs["fit_seconds"] = times
     out.attrs["dropped"] = dropped
     return out
+
+
+def _cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if b.ndim == 1:
+        b = np.broadcast_to(b, a.shape)
+    num = (a * b).sum(1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num / den
+
+
+def _perturb_tokens(
+    cell: np.ndarray, targets: Sequence[int], *, mode: str, skip: int, max_genes: int
+) -> np.ndarray | None:
+    """One cell's perturbed token ids, or ``None`` when ``mode="delete"`` and no target is expressed."""
+    head, body, tail = cell[:skip], cell[skip : len(cell) - skip], cell[len(cell) - skip :]
+    present = np.isin(body, targets)
+    if mode == "delete":
+        if not present.any() or present.all():
+            return None
+        return np.concatenate([head, body[~present], tail])
+    front = np.asarray(list(dict.fromkeys(targets)), dtype=cell.dtype)
+    rest = body[~np.isin(body, front)]
+    new_body = np.concatenate([front, rest])[:max_genes]
+    return np.concatenate([head, new_body, tail])
+
+
+def _null_targets(
+    cell: np.ndarray, targets: Sequence[int], *, skip: int, window: int, pool: np.ndarray, gen: np.random.Generator
+) -> list[int] | None:
+    """Random stand-ins for ``targets`` in one cell (``None`` if none can be drawn).
+
+    An expressed target gets a gene of the cell within ``window`` rank positions; an absent one (overexpression by
+    insertion) a random gene of ``pool`` that the cell does not express.
+    """
+    body = cell[skip : len(cell) - skip]
+    taken = set(np.flatnonzero(np.isin(body, targets)).tolist())
+    out: list[int] = []
+    for t in targets:
+        pos = np.flatnonzero(body == t)
+        if pos.size:
+            p = int(pos[0])
+            cand = [q for q in range(max(0, p - window), min(len(body), p + window + 1)) if q not in taken]
+            if not cand:
+                return None
+            q = int(gen.choice(cand))
+            taken.add(q)
+            out.append(int(body[q]))
+        else:
+            absent = pool[~np.isin(pool, body) & ~np.isin(pool, out) & ~np.isin(pool, targets)]
+            if absent.size == 0:
+                return None
+            out.append(int(gen.choice(absent)))
+    return out
+
+
+def geneformer_perturb(
+    adata: AnnData | MuData,
+    model: Any = "geneformer-v1",
+    *,
+    genes: str | Sequence[str],
+    mode: str = "delete",
+    goal_key: str | None = None,
+    goal: str | None = None,
+    start: str | None = None,
+    n_null: int = 10,
+    null_window: int = 5,
+    weights: str = "pretrained",
+    layer: str | None = None,
+    gene_key: str | None = None,
+    input: str = "counts",
+    emb_layer: int = -1,
+    pooling: str = "mean",
+    batch_size: int | None = None,
+    device: str | None = None,
+    rng: int | np.random.Generator | None = 0,
+    mod: str | None = "rna",
+    key_added: str = "geneformer_perturb",
+    copy: bool = False,
+) -> AnnData | MuData | None:
+    """Geneformer in-silico perturbation: how far deleting or overexpressing genes moves each cell's embedding.
+
+    ``mode="delete"`` removes the genes' tokens from each cell's rank-value encoding (cells that express none of them
+    are not perturbed); ``mode="overexpress"`` moves them to the front of the encoding (right after ``<cls>`` in
+    Geneformer V2), inserting them where the cell does not express them, and truncates to the input size. The genes
+    are perturbed together. Each perturbed cell is re-embedded (same layer and pooling as the original) and compared
+    with its original embedding; with a goal state, the shift toward the goal cells' mean embedding is
+    ``cos(perturbed, goal) - cos(original, goal)``.
+
+    The null repeats the same perturbation ``n_null`` times with random stand-in genes of matched expression rank:
+    for an expressed target, a random gene of the same cell within ``null_window`` rank positions; for an inserted
+    (non-expressed) one, a random matched gene of ``adata`` that the cell does not express.
+
+    This method gives no expression-space predictions (no predicted pseudobulk, nothing for
+    :func:`scfmkit.metrics.perturbation_metrics`): it measures embedding shifts only. For expression predictions with
+    Geneformer, use its token embeddings in the linear model (:func:`predict_perturbation` with ``method="linear"``
+    and ``gene_embedding=<model>``).
+
+    Parameters
+    ----------
+    adata
+        Cells x genes, raw counts (or log1p-normalised with ``input="lognorm"``). A MuData is used through ``mod``.
+    model
+        Geneformer registry name, checkpoint directory or loaded :class:`~scfmkit.models.FoundationModel`.
+    genes
+        Gene(s) to perturb together (symbols or Ensembl ids, as the model's dictionaries know them).
+    mode
+        ``"delete"`` or ``"overexpress"``.
+    goal_key, goal
+        ``obs`` column and value of the goal state (optional).
+    start
+        Value of ``obs[goal_key]`` of the cells to perturb (default: every cell not in the goal state; without a
+        goal, every cell).
+    n_null
+        Repeats of the random-gene null (0 for none).
+    null_window
+        Rank positions around an expressed target from which its null stand-in is drawn.
+    weights, layer, gene_key, input, emb_layer, pooling, batch_size, device
+        As in :func:`scfmkit.tl.embed`.
+    rng
+        Seed or generator of the null.
+    mod
+        Modality of a MuData.
+    key_added
+        Prefix of the keys written.
+    copy
+        Return a copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``None`` or a copy. Writes (NaN for cells that were not perturbed)
+
+    - ``obs['<key_added>_cos']``: cosine similarity of each cell's original and perturbed embedding;
+    - ``obs['<key_added>_shift']``: ``1 - cos``; ``obs['<key_added>_null_shift']``: its mean over the null repeats;
+    - with a goal: ``obs['<key_added>_goal_shift']`` and ``obs['<key_added>_null_goal_shift']``;
+    - ``obsm['X_<key_added>']``: the perturbed embeddings (float32);
+    - ``uns['<key_added>']``: ``params`` and ``summary`` (cells perturbed, mean shifts, null means and empirical
+      p-values ``(1 + #null repeats with a mean at least as large) / (1 + n_null)``).
+    """
+    from scfmkit import models
+    from scfmkit._settings import settings
+    from scfmkit._utils import write_back
+    from scfmkit.models._rank_tokenize import TokenizedCells
+
+    if mode not in {"delete", "overexpress"}:
+        msg = f"`mode` must be 'delete' or 'overexpress', got {mode!r}."
+        raise ValueError(msg)
+    if n_null < 0 or null_window < 1:
+        msg = f"Need `n_null >= 0` and `null_window >= 1`, got {n_null} and {null_window}."
+        raise ValueError(msg)
+    genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
+    if not genes:
+        msg = "Pass at least one gene in `genes=`."
+        raise ValueError(msg)
+    target = get_modality(adata, mod)
+    if (goal_key is None) != (goal is None):
+        msg = "Pass both `goal_key` and `goal` (or neither)."
+        raise ValueError(msg)
+    if goal_key is not None:
+        if goal_key not in target.obs:
+            msg = f"`goal_key={goal_key!r}` is not an obs column; available: {list(target.obs.columns)}."
+            raise KeyError(msg)
+        states = target.obs[goal_key].astype(str).to_numpy()
+        is_goal = states == str(goal)
+        if not is_goal.any():
+            msg = f"No cell has obs[{goal_key!r}] == {goal!r}; values: {sorted(set(states))[:10]}."
+            raise ValueError(msg)
+        is_start = (states == str(start)) if start is not None else ~is_goal
+        if not is_start.any():
+            msg = f"No start cells (obs[{goal_key!r}] == {start!r})."
+            raise ValueError(msg)
+    else:
+        if start is not None:
+            msg = "`start` needs `goal_key`/`goal`."
+            raise ValueError(msg)
+        is_goal = np.zeros(target.n_obs, bool)
+        is_start = np.ones(target.n_obs, bool)
+    fm_model = models.load(model, weights=weights, device=device)
+    for attr in ("tokenize", "embed_tokens", "match_genes", "vocab"):
+        if not hasattr(fm_model, attr):
+            msg = f"In-silico perturbation needs a Geneformer model (with `{attr}`), got {type(fm_model).__name__}."
+            raise TypeError(msg)
+    match = fm_model.match_genes(genes)
+    missing = [g for g, c in zip(genes, match.column, strict=True) if c < 0]
+    if missing:
+        msg = f"Genes {missing} are not in {fm_model.name}'s dictionaries; check the names (symbols or Ensembl ids)."
+        raise ValueError(msg)
+    target_tokens = [int(match.token_ids[c]) for c in match.column]
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+    use = is_goal | is_start
+    rows = np.flatnonzero(use)
+    tokens, coverage = fm_model.tokenize(target[rows], layer=layer, gene_key=gene_key, input=input)
+    embed_kw = {
+        "emb_layer": emb_layer,
+        "pooling": pooling,
+        "batch_size": batch_size or settings.batch_size,
+        "device": device,
+    }
+    orig = fm_model.embed_tokens(tokens, **embed_kw)
+    skip = 1 if fm_model.vocab.special_tokens else 0
+    max_genes = fm_model.input_size - 2 * skip
+    start_local = np.flatnonzero(is_start[rows])
+    pert_cells, pert_local = [], []
+    for i in start_local:
+        new = _perturb_tokens(tokens[i], target_tokens, mode=mode, skip=skip, max_genes=max_genes)
+        if new is not None:
+            pert_cells.append(new)
+            pert_local.append(i)
+    if not pert_cells:
+        msg = f"None of the start cells express {genes}; nothing to delete (use `mode='overexpress'`)."
+        raise ValueError(msg)
+    pert_local = np.asarray(pert_local)
+
+    def _ragged(cells: list[np.ndarray]) -> TokenizedCells:
+        offsets = np.zeros(len(cells) + 1, np.int64)
+        np.cumsum([len(c) for c in cells], out=offsets[1:])
+        return TokenizedCells(np.concatenate(cells).astype(tokens.input_ids.dtype), offsets)
+
+    pert = fm_model.embed_tokens(_ragged(pert_cells), **embed_kw)
+    cos = _cos_rows(orig[pert_local], pert)
+    goal_mean = orig[np.flatnonzero(is_goal[rows])].mean(0) if goal_key is not None else None
+    goal_shift = _cos_rows(pert, goal_mean) - _cos_rows(orig[pert_local], goal_mean) if goal_mean is not None else None
+
+    var_genes = target.var_names if gene_key is None else target.var[gene_key].astype(str)
+    pool = np.asarray(fm_model.match_genes(var_genes).token_ids)
+    null_shift = np.full((len(pert_local), n_null), np.nan)
+    null_goal = np.full((len(pert_local), n_null), np.nan)
+    for r in progress(range(n_null), desc="null repeats", unit="repeat"):
+        cells, ok = [], []
+        for j, i in enumerate(pert_local):
+            stand_in = _null_targets(tokens[i], target_tokens, skip=skip, window=null_window, pool=pool, gen=gen)
+            new = (
+                None
+                if stand_in is None
+                else _perturb_tokens(tokens[i], stand_in, mode=mode, skip=skip, max_genes=max_genes)
+            )
+            if new is not None:
+                cells.append(new)
+                ok.append(j)
+        if not cells:
+            continue
+        ok = np.asarray(ok)
+        emb = fm_model.embed_tokens(_ragged(cells), **embed_kw)
+        null_shift[ok, r] = 1 - _cos_rows(orig[pert_local[ok]], emb)
+        if goal_mean is not None:
+            null_goal[ok, r] = _cos_rows(emb, goal_mean) - _cos_rows(orig[pert_local[ok]], goal_mean)
+
+    def _p(observed: np.ndarray, null: np.ndarray) -> float:
+        if null.shape[1] == 0:
+            return float("nan")
+        means = np.nanmean(null, axis=0)
+        means = means[np.isfinite(means)]
+        return float((1 + (means >= np.nanmean(observed)).sum()) / (1 + len(means)))
+
+    shift = 1 - cos
+    summary: dict[str, Any] = {
+        "n_cells_perturbed": len(pert_local),
+        "n_start_cells": int(is_start.sum()),
+        "mean_shift": float(np.mean(shift)),
+        "null_mean_shift": float(np.nanmean(null_shift)) if n_null else float("nan"),
+        "p_shift": _p(shift, null_shift),
+    }
+    if goal_shift is not None:
+        summary |= {
+            "mean_goal_shift": float(np.mean(goal_shift)),
+            "null_mean_goal_shift": float(np.nanmean(null_goal)) if n_null else float("nan"),
+            "p_goal_shift": _p(goal_shift, null_goal),
+        }
+
+    data = adata.copy() if copy else adata
+    tgt = get_modality(data, mod)
+    cell_rows = rows[pert_local]
+
+    def _col(values: np.ndarray) -> np.ndarray:
+        out = np.full(tgt.n_obs, np.nan)
+        out[cell_rows] = values
+        return out
+
+    tgt.obs[f"{key_added}_cos"] = _col(cos)
+    tgt.obs[f"{key_added}_shift"] = _col(shift)
+    tgt.obs[f"{key_added}_null_shift"] = _col(np.nanmean(null_shift, axis=1) if n_null else np.full(len(cos), np.nan))
+    if goal_shift is not None:
+        tgt.obs[f"{key_added}_goal_shift"] = _col(goal_shift)
+        tgt.obs[f"{key_added}_null_goal_shift"] = _col(
+            np.nanmean(null_goal, axis=1) if n_null else np.full(len(cos), np.nan)
+        )
+    emb_out = np.full((tgt.n_obs, pert.shape[1]), np.nan, np.float32)
+    emb_out[cell_rows] = pert
+    tgt.obsm[f"X_{key_added}"] = emb_out
+    params = {
+        **fm_model.base_params,
+        "genes": genes,
+        "mode": mode,
+        "goal_key": goal_key,
+        "goal": goal,
+        "start": start,
+        "n_null": n_null,
+        "null_window": null_window,
+        "emb_layer": emb_layer,
+        "pooling": pooling,
+        "input": input,
+        "rng": rng if isinstance(rng, int | None) else "Generator",
+        "gene_coverage": coverage.get("frac_vars_matched"),
+        "expression_predictions": False,
+    }
+    tgt.uns[key_added] = {"params": sanitize_params(params), "summary": sanitize_params(summary)}
+    write_back(data, mod, obsm_keys=[f"X_{key_added}"])
+    logger.info(
+        "In-silico %s of %s in %d cells: mean shift %.4g (null %.4g, p=%.3g)",
+        mode,
+        genes,
+        len(pert_local),
+        summary["mean_shift"],
+        summary["null_mean_shift"],
+        summary["p_shift"],
+    )
+    return data if copy else None
