@@ -224,18 +224,24 @@ from scfmkit.tl._perturbation import _null_targets, _perturb_tokens  # noqa: E40
 
 def test_perturb_tokens_kernel():
     cell = np.array([2, 10, 11, 12, 13, 3])  # V2 layout: <cls> genes <eos>
-    np.testing.assert_array_equal(_perturb_tokens(cell, [12], mode="delete", skip=1, max_genes=10), [2, 10, 11, 13, 3])
+    ids, pert_ex, orig_ex = _perturb_tokens(cell, [12], mode="delete", skip=1, max_genes=10)
+    np.testing.assert_array_equal(ids, [2, 10, 11, 13, 3])
+    assert pert_ex.tolist() == []
+    assert orig_ex.tolist() == [2]  # gene position of 12 after <cls>
     assert _perturb_tokens(cell, [99], mode="delete", skip=1, max_genes=10) is None
-    # overexpress: to the front after <cls>; inserted when absent; truncated to the input size
-    np.testing.assert_array_equal(
-        _perturb_tokens(cell, [12], mode="overexpress", skip=1, max_genes=10), [2, 12, 10, 11, 13, 3]
-    )
-    np.testing.assert_array_equal(
-        _perturb_tokens(cell, [99], mode="overexpress", skip=1, max_genes=4), [2, 99, 10, 11, 12, 3]
-    )
-    np.testing.assert_array_equal(
-        _perturb_tokens(cell[1:-1], [13], mode="overexpress", skip=0, max_genes=10), [13, 10, 11, 12]
-    )
+    assert _perturb_tokens(cell, [12, 99], mode="delete", skip=1, max_genes=10) is None  # needs every gene
+    # overexpress: to the front after <cls>; the moved gene is compared in neither embedding
+    ids, pert_ex, orig_ex = _perturb_tokens(cell, [12], mode="overexpress", skip=1, max_genes=10)
+    np.testing.assert_array_equal(ids, [2, 12, 10, 11, 13, 3])
+    assert pert_ex.tolist() == [0]
+    assert orig_ex.tolist() == [2]
+    # inserted when absent; truncated to the input size; the truncated gene (13) is left out of the original too
+    ids, pert_ex, orig_ex = _perturb_tokens(cell, [99], mode="overexpress", skip=1, max_genes=4)
+    np.testing.assert_array_equal(ids, [2, 99, 10, 11, 12, 3])
+    assert pert_ex.tolist() == [0]
+    assert orig_ex.tolist() == [3]
+    ids, _, _ = _perturb_tokens(cell[1:-1], [13], mode="overexpress", skip=0, max_genes=10)
+    np.testing.assert_array_equal(ids, [13, 10, 11, 12])
 
 
 def test_null_targets_matched_rank():
@@ -286,15 +292,24 @@ def test_geneformer_perturb_delete_by_hand(tiny_gf, gf_cells):
     assert np.isnan(cos[~expressing]).all()
     assert np.isfinite(cos[expressing]).all()
     assert (cos[expressing] <= 1 + 1e-6).all()
-    # the perturbed embedding of one cell equals the embedding of its token list without the gene
+    # by hand for one cell: the perturbed embedding is the plain embedding of its tokens without the gene; the
+    # original is compared on the other genes only (hidden states of the full cell, deleted position left out)
+    import torch
+
+    from scfmkit.models._rank_tokenize import TokenizedCells
+
     tokens, _ = tiny_gf.tokenize(cells)
     tok = int(tiny_gf.match_genes([gene]).token_ids[0])
     i = int(np.flatnonzero(expressing)[0])
-    from scfmkit.models._rank_tokenize import TokenizedCells
-
     cell = tokens[i][tokens[i] != tok]
     emb = tiny_gf.embed_tokens(TokenizedCells(cell, np.array([0, len(cell)])))
     np.testing.assert_allclose(out.obsm["X_geneformer_perturb"][i], emb[0], rtol=1e-4, atol=1e-5)
+    enc = tiny_gf.encoder(tiny_gf.n_layers - 1, "cpu")  # emb_layer=-1: second-to-last layer
+    with torch.inference_mode():
+        hidden = enc(torch.from_numpy(tokens[i][None].astype(np.int64)), torch.tensor([len(tokens[i])]))[0].numpy()
+    orig = hidden[tokens[i] != tok].mean(0)
+    expected = orig @ emb[0] / np.linalg.norm(orig) / np.linalg.norm(emb[0])
+    assert cos[i] == pytest.approx(expected, rel=1e-4)
     summary = out.uns["geneformer_perturb"]["summary"]
     assert summary["n_cells_perturbed"] == expressing.sum()
     assert 0 < summary["p_shift"] <= 1

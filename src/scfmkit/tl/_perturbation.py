@@ -665,18 +665,79 @@ def _cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _perturb_tokens(
     cell: np.ndarray, targets: Sequence[int], *, mode: str, skip: int, max_genes: int
-) -> np.ndarray | None:
-    """One cell's perturbed token ids, or ``None`` when ``mode="delete"`` and no target is expressed."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Perturb one cell's token ids as Geneformer's InSilicoPerturber does.
+
+    Returns ``(perturbed_ids, perturbed_excluded, original_excluded)``: the new ids (special tokens kept) and, for
+    the comparison of the two embeddings, the gene positions (0-based after ``<cls>``) to leave out of each mean so
+    that only the genes that were not perturbed are compared: the deleted genes in the original; the moved or
+    inserted genes in the perturbed cell, and in the original the moved genes plus any gene truncated off the end.
+    ``None`` when ``mode="delete"`` and the cell does not express every target (or would keep no gene).
+    """
     head, body, tail = cell[:skip], cell[skip : len(cell) - skip], cell[len(cell) - skip :]
     present = np.isin(body, targets)
+    empty = np.zeros(0, np.int64)
     if mode == "delete":
-        if not present.any() or present.all():
+        if not np.isin(targets, body).all() or present.all():
             return None
-        return np.concatenate([head, body[~present], tail])
+        return np.concatenate([head, body[~present], tail]), empty, np.flatnonzero(present)
     front = np.asarray(list(dict.fromkeys(targets)), dtype=cell.dtype)
-    rest = body[~np.isin(body, front)]
-    new_body = np.concatenate([front, rest])[:max_genes]
-    return np.concatenate([head, new_body, tail])
+    rest_pos = np.flatnonzero(~present)
+    kept = rest_pos[: max(max_genes - len(front), 0)]
+    dropped = rest_pos[len(kept) :]
+    new_body = np.concatenate([front, body[kept]])
+    pert_excl = np.arange(len(front))
+    orig_excl = np.sort(np.concatenate([np.flatnonzero(present), dropped]))
+    return np.concatenate([head, new_body, tail]), pert_excl, orig_excl
+
+
+def _masked_embed(
+    fm_model: Any,
+    cells: Sequence[np.ndarray],
+    excluded: Sequence[np.ndarray],
+    *,
+    emb_layer: int,
+    pooling: str,
+    batch_size: int,
+    device: str | None,
+) -> np.ndarray:
+    """Cell embeddings (mean over gene tokens, leaving out ``excluded`` gene positions; or ``<cls>``)."""
+    import torch
+
+    from scfmkit._settings import settings
+
+    if not -fm_model.n_layers <= emb_layer <= 0:
+        msg = f"`emb_layer` must be between {-fm_model.n_layers} and 0, got {emb_layer}."
+        raise ValueError(msg)
+    special = bool(fm_model.vocab.special_tokens)
+    if pooling not in {"mean", "cls"} or (pooling == "cls" and not special):
+        msg = f"`pooling` must be 'mean' (or 'cls' for Geneformer V2), got {pooling!r}."
+        raise ValueError(msg)
+    device = settings.resolve_device(device or getattr(fm_model, "device", None))
+    enc = fm_model.encoder(fm_model.n_layers + emb_layer, device)
+    skip = 1 if special else 0
+    pad = fm_model.vocab.pad_id
+    lengths = np.array([len(c) for c in cells], dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    out = np.empty((len(cells), fm_model.config.hidden_size), np.float32)
+    with torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            n = int(lengths[idx].max())
+            ids = np.full((len(idx), n), pad, np.int64)
+            mask = np.zeros((len(idx), n), bool)
+            for r, i in enumerate(idx):
+                ids[r, : lengths[i]] = cells[i]
+                mask[r, skip : lengths[i] - skip] = True
+                mask[r, skip + np.asarray(excluded[i], dtype=np.int64)] = False
+            hidden = enc(torch.from_numpy(ids).to(device), torch.from_numpy(lengths[idx]).to(device)).float()
+            if pooling == "cls":
+                emb = hidden[:, 0]
+            else:
+                m = torch.from_numpy(mask).to(device)[..., None].float()
+                emb = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+            out[idx] = emb.cpu().numpy()
+    return out
 
 
 def _null_targets(
@@ -737,9 +798,11 @@ def geneformer_perturb(
     ``mode="delete"`` removes the genes' tokens from each cell's rank-value encoding (cells that express none of them
     are not perturbed); ``mode="overexpress"`` moves them to the front of the encoding (right after ``<cls>`` in
     Geneformer V2), inserting them where the cell does not express them, and truncates to the input size. The genes
-    are perturbed together. Each perturbed cell is re-embedded (same layer and pooling as the original) and compared
-    with its original embedding; with a goal state, the shift toward the goal cells' mean embedding is
-    ``cos(perturbed, goal) - cos(original, goal)``.
+    are perturbed together; deletion needs cells that express all of them (as in Geneformer's InSilicoPerturber).
+    Each perturbed cell is re-embedded (same layer and pooling) and compared with its original embedding on the
+    genes both keep, as the reference does: the deleted or overexpressed genes (and genes truncated off the end)
+    are left out of both mean-pools. With a goal state, the shift toward the goal cells' mean embedding (all genes)
+    is ``cos(perturbed, goal) - cos(original, goal)``.
 
     The null repeats the same perturbation ``n_null`` times with random stand-in genes of matched expression rank:
     for an expressed target, a random gene of the same cell within ``null_window`` rank positions; for an inserted
@@ -787,14 +850,13 @@ def geneformer_perturb(
     - ``obs['<key_added>_cos']``: cosine similarity of each cell's original and perturbed embedding;
     - ``obs['<key_added>_shift']``: ``1 - cos``; ``obs['<key_added>_null_shift']``: its mean over the null repeats;
     - with a goal: ``obs['<key_added>_goal_shift']`` and ``obs['<key_added>_null_goal_shift']``;
-    - ``obsm['X_<key_added>']``: the perturbed embeddings (float32);
+    - ``obsm['X_<key_added>']``: the perturbed embeddings (float32; mean over the genes that were not perturbed);
     - ``uns['<key_added>']``: ``params`` and ``summary`` (cells perturbed, mean shifts, null means and empirical
       p-values ``(1 + #null repeats with a mean at least as large) / (1 + n_null)``).
     """
     from scfmkit import models
     from scfmkit._settings import settings
     from scfmkit._utils import write_back
-    from scfmkit.models._rank_tokenize import TokenizedCells
 
     if mode not in {"delete", "overexpress"}:
         msg = f"`mode` must be 'delete' or 'overexpress', got {mode!r}."
@@ -830,7 +892,7 @@ def geneformer_perturb(
         is_goal = np.zeros(target.n_obs, bool)
         is_start = np.ones(target.n_obs, bool)
     fm_model = models.load(model, weights=weights, device=device)
-    for attr in ("tokenize", "embed_tokens", "match_genes", "vocab"):
+    for attr in ("tokenize", "encoder", "match_genes", "vocab", "n_layers", "config", "input_size"):
         if not hasattr(fm_model, attr):
             msg = f"In-silico perturbation needs a Geneformer model (with `{attr}`), got {type(fm_model).__name__}."
             raise TypeError(msg)
@@ -845,60 +907,76 @@ def geneformer_perturb(
     use = is_goal | is_start
     rows = np.flatnonzero(use)
     tokens, coverage = fm_model.tokenize(target[rows], layer=layer, gene_key=gene_key, input=input)
-    embed_kw = {
-        "emb_layer": emb_layer,
-        "pooling": pooling,
-        "batch_size": batch_size or settings.batch_size,
-        "device": device,
-    }
-    orig = fm_model.embed_tokens(tokens, **embed_kw)
     skip = 1 if fm_model.vocab.special_tokens else 0
     max_genes = fm_model.input_size - 2 * skip
     start_local = np.flatnonzero(is_start[rows])
-    pert_cells, pert_local = [], []
-    for i in start_local:
-        new = _perturb_tokens(tokens[i], target_tokens, mode=mode, skip=skip, max_genes=max_genes)
-        if new is not None:
-            pert_cells.append(new)
-            pert_local.append(i)
-    if not pert_cells:
-        msg = f"None of the start cells express {genes}; nothing to delete (use `mode='overexpress'`)."
+
+    def _run(target_ids_per_cell: Sequence[Sequence[int] | None], cells_local: np.ndarray):
+        """Perturb, then embed perturbed cells and their originals on the genes both keep."""
+        pert_ids, pert_ex, orig_ids, orig_ex, ok = [], [], [], [], []
+        for j, (i, targets) in enumerate(zip(cells_local, target_ids_per_cell, strict=True)):
+            res = (
+                None
+                if targets is None
+                else _perturb_tokens(tokens[i], targets, mode=mode, skip=skip, max_genes=max_genes)
+            )
+            if res is None:
+                continue
+            pert_ids.append(res[0])
+            pert_ex.append(res[1])
+            orig_ids.append(tokens[i])
+            orig_ex.append(res[2])
+            ok.append(j)
+        if not ok:
+            return np.zeros(0, int), None, None
+        kw = {"emb_layer": emb_layer, "pooling": pooling, "batch_size": bs, "device": device}
+        return (
+            np.asarray(ok),
+            _masked_embed(fm_model, pert_ids, pert_ex, **kw),
+            _masked_embed(fm_model, orig_ids, orig_ex, **kw),
+        )
+
+    bs = batch_size or settings.batch_size
+    ok, pert, orig_cmp = _run([target_tokens] * len(start_local), start_local)
+    if len(ok) == 0:
+        msg = (
+            f"None of the start cells express all of {genes}; nothing to delete "
+            "(Geneformer deletes only in cells that express every gene; `mode='overexpress'` inserts)."
+        )
         raise ValueError(msg)
-    pert_local = np.asarray(pert_local)
-
-    def _ragged(cells: list[np.ndarray]) -> TokenizedCells:
-        offsets = np.zeros(len(cells) + 1, np.int64)
-        np.cumsum([len(c) for c in cells], out=offsets[1:])
-        return TokenizedCells(np.concatenate(cells).astype(tokens.input_ids.dtype), offsets)
-
-    pert = fm_model.embed_tokens(_ragged(pert_cells), **embed_kw)
-    cos = _cos_rows(orig[pert_local], pert)
-    goal_mean = orig[np.flatnonzero(is_goal[rows])].mean(0) if goal_key is not None else None
-    goal_shift = _cos_rows(pert, goal_mean) - _cos_rows(orig[pert_local], goal_mean) if goal_mean is not None else None
+    pert_local = start_local[ok]
+    cos = _cos_rows(orig_cmp, pert)
+    goal_mean = None
+    if goal_key is not None:
+        goal_local = np.flatnonzero(is_goal[rows])
+        goal_tokens = [tokens[i] for i in goal_local]
+        goal_emb = _masked_embed(
+            fm_model,
+            goal_tokens,
+            [np.zeros(0, np.int64)] * len(goal_tokens),
+            emb_layer=emb_layer,
+            pooling=pooling,
+            batch_size=bs,
+            device=device,
+        )
+        goal_mean = goal_emb.mean(0)
+    goal_shift = _cos_rows(pert, goal_mean) - _cos_rows(orig_cmp, goal_mean) if goal_mean is not None else None
 
     var_genes = target.var_names if gene_key is None else target.var[gene_key].astype(str)
     pool = np.asarray(fm_model.match_genes(var_genes).token_ids)
     null_shift = np.full((len(pert_local), n_null), np.nan)
     null_goal = np.full((len(pert_local), n_null), np.nan)
     for r in progress(range(n_null), desc="null repeats", unit="repeat"):
-        cells, ok = [], []
-        for j, i in enumerate(pert_local):
-            stand_in = _null_targets(tokens[i], target_tokens, skip=skip, window=null_window, pool=pool, gen=gen)
-            new = (
-                None
-                if stand_in is None
-                else _perturb_tokens(tokens[i], stand_in, mode=mode, skip=skip, max_genes=max_genes)
-            )
-            if new is not None:
-                cells.append(new)
-                ok.append(j)
-        if not cells:
+        stand_ins = [
+            _null_targets(tokens[i], target_tokens, skip=skip, window=null_window, pool=pool, gen=gen)
+            for i in pert_local
+        ]
+        ok_null, emb, orig_null = _run(stand_ins, pert_local)
+        if len(ok_null) == 0:
             continue
-        ok = np.asarray(ok)
-        emb = fm_model.embed_tokens(_ragged(cells), **embed_kw)
-        null_shift[ok, r] = 1 - _cos_rows(orig[pert_local[ok]], emb)
+        null_shift[ok_null, r] = 1 - _cos_rows(orig_null, emb)
         if goal_mean is not None:
-            null_goal[ok, r] = _cos_rows(emb, goal_mean) - _cos_rows(orig[pert_local[ok]], goal_mean)
+            null_goal[ok_null, r] = _cos_rows(emb, goal_mean) - _cos_rows(orig_null, goal_mean)
 
     def _p(observed: np.ndarray, null: np.ndarray) -> float:
         if null.shape[1] == 0:
