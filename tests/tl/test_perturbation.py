@@ -160,6 +160,32 @@ def test_predict_perturbation_writes_layer(pb):
         fm.tl.predict_perturbation(_cells(), method="mean")
 
 
+def test_predict_bad_input_leaves_caller_untouched(pb):
+    before_layers, before_uns = list(pb.layers), list(pb.uns)
+    # a perturbed gene that is not measured: the reference linear model has no row for it
+    with pytest.raises(ValueError, match=r"cannot predict 1 condition\(s\) \(XX: perturbed gene"):
+        fm.tl.predict_perturbation(pb, method="linear", conditions=["XX"], train=["g1", "g2", "g3", "g4"])
+    with pytest.raises(ValueError, match="no training single perturbation"):
+        fm.tl.predict_perturbation(pb, method="additive", conditions=["g1+g5"])
+    with pytest.raises(ValueError, match="Unknown perturbation predictor"):
+        fm.tl.predict_perturbation(pb, method="gears")
+    assert list(pb.layers) == before_layers
+    assert list(pb.uns) == before_uns
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"control": "ctrl"}, "Control label 'ctrl' not found"), ({"split": "loo"}, "method")],
+)
+def test_benchmark_bad_input(kwargs, match):
+    cells = _cells()
+    before = cells.copy()
+    with pytest.raises(ValueError, match=match):
+        fm.tl.benchmark_perturbation(cells, methods=["control", "mean"], seeds=[0], **kwargs)
+    assert cells.obs.equals(before.obs)
+    np.testing.assert_array_equal(cells.X, before.X)
+
+
 def test_benchmark_tidy(pb):
     cells = _cells()
     before = cells.copy()
