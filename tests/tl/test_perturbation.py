@@ -369,3 +369,21 @@ def test_geneformer_perturb_bad_input(tiny_gf, gf_cells, kwargs, err, match):
     with pytest.raises(err, match=match):
         fm.tl.geneformer_perturb(cells, tiny_gf, **kwargs)
     pd.testing.assert_frame_equal(cells.obs, before)
+
+
+def test_linear_with_geneformer_token_embeddings(shared_dir, tiny_gf):
+    """The "pretrained embeddings in a linear model" variant with real vocabularies (Papalexi, random weights)."""
+    full = ad.read_h5ad(shared_dir / "data" / "papalexi2021_eccite_lowmoi.h5ad")
+    keep = ["non-targeting", "STAT1", "STAT2", "STAT3", "JAK2", "IFNGR2", "CMTM6", "IRF1"]
+    cells = full[full.obs["target"].isin(keep).to_numpy()].copy()
+    pb = fm.pp.pseudobulk_perturbations(cells, perturbation_key="target", control="non-targeting", n_top_de=0)
+    fm.tl.embed_genes(pb, tiny_gf, kind="token")
+    assert "geneformer_token" in pb.varm
+    train = ["STAT1", "STAT2", "JAK2", "IFNGR2"]  # measured targets: both embeddings have their rows
+    by_key = fm.tl.fit_predictor(pb, "linear", train=train, gene_embedding="geneformer_token")
+    by_model = fm.tl.fit_predictor(pb, "linear", train=train, gene_embedding=tiny_gf)
+    pred = by_key.predict(["STAT3", "CMTM6"])
+    np.testing.assert_allclose(pred.to_numpy(), by_model.predict(["STAT3", "CMTM6"]).to_numpy(), rtol=1e-6)
+    # IRF1 is not a measured gene: only the model object (vocabulary lookup) gives it a perturbation embedding
+    assert by_key.why_not("IRF1") is not None
+    assert by_model.why_not("IRF1") is None
