@@ -12,3 +12,5 @@ from ._perturbation import (
     spearman_delta,
     top_expressed_genes,
 )
+
+from ._integration import integration, label_transfer
