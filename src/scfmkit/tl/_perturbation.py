@@ -206,8 +206,8 @@ class LinearPredictor(PerturbationPredictor):
     its per-gene mean over the training conditions, ``W`` the closed-form ridge solution (penalty ``ridge`` on both
     sides). A prediction is ``control + G W p + b``.
 
-    Options
-    -------
+    Parameters
+    ----------
     gene_embedding
         ``"pca"`` (default): ``G`` are the gene scores of ONE PCA of the training pseudobulk (genes x conditions,
         each condition centred, ``n_components`` components) as in the reference. Or pretrained gene embeddings: a
