@@ -1,0 +1,362 @@
+"""The scGPT transformer encoder in plain torch (no flash-attn, no ``scgpt`` package).
+
+Only the parts that produce embeddings are built: the gene token encoder (embedding + LayerNorm), the continuous
+value encoder (clamp, Linear-ReLU-Linear, LayerNorm) and the stack of post-norm transformer encoder layers
+(self-attention, ReLU feed-forward). Expression/MVC/classification decoders of a checkpoint are recognised and
+ignored. Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention` with a key padding mask.
+
+Parameter names follow the reference PyTorch layout (``self_attn.in_proj_weight``); checkpoints saved with
+flash-attention (``self_attn.Wqkv.*``, optionally under ``self_attn._impl.``) are renamed on load.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "ScGPTConfig",
+    "ScGPTEncoder",
+    "map_state_dict",
+    "random_state_dict",
+]
+
+# value clamp of the reference ContinuousValueEncoder
+VALUE_CLAMP = 512.0
+
+# prefixes of checkpoint parts that are not needed for embeddings (decoders, heads, batch encoders)
+HEAD_PREFIXES = (
+    "decoder.",
+    "cls_decoder.",
+    "mvc_decoder.",
+    "grad_reverse_discriminator.",
+    "batch_encoder.",
+    "dsbn.",
+    "bn.",
+    "sim.",
+    "creterion_cce.",
+)
+
+
+@dataclass(frozen=True)
+class ScGPTConfig:
+    """Architecture of an scGPT checkpoint, read from its ``args.json``."""
+
+    ntoken: int
+    d_model: int = 512
+    nhead: int = 8
+    d_hid: int = 512
+    nlayers: int = 12
+    pad_id: int = 0
+    pre_norm: bool = False
+    layer_norm_eps: float = 1e-5
+
+    @classmethod
+    def from_args(cls, args: Mapping[str, Any], *, ntoken: int, pad_id: int) -> ScGPTConfig:
+        """Build from an ``args.json`` mapping with a clear error for unsupported checkpoints."""
+        style = args.get("input_emb_style", "continuous")
+        if style != "continuous":
+            msg = (
+                f"This scGPT checkpoint uses input_emb_style={style!r}; scfmkit supports the 'continuous' value "
+                "encoder of the released whole-body and organ checkpoints."
+            )
+            raise ValueError(msg)
+        missing = [k for k in ("embsize", "nheads", "d_hid", "nlayers") if k not in args]
+        if missing:
+            msg = f"args.json lacks {missing}; it is not an scGPT model configuration."
+            raise ValueError(msg)
+        cfg = cls(
+            ntoken=int(ntoken),
+            d_model=int(args["embsize"]),
+            nhead=int(args["nheads"]),
+            d_hid=int(args["d_hid"]),
+            nlayers=int(args["nlayers"]),
+            pad_id=int(pad_id),
+            pre_norm=bool(args.get("pre_norm", False)),
+        )
+        if cfg.d_model % cfg.nhead:
+            msg = f"embsize {cfg.d_model} is not divisible by nheads {cfg.nhead} in args.json."
+            raise ValueError(msg)
+        return cfg
+
+
+class _GeneEncoder(nn.Module):
+    def __init__(self, cfg: ScGPTConfig) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(cfg.ntoken, cfg.d_model, padding_idx=cfg.pad_id)
+        self.enc_norm = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.enc_norm(self.embedding(tokens))
+
+
+class _ValueEncoder(nn.Module):
+    def __init__(self, cfg: ScGPTConfig) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(1, cfg.d_model)
+        self.linear2 = nn.Linear(cfg.d_model, cfg.d_model)
+        self.norm = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        x = values.unsqueeze(-1).clamp(max=VALUE_CLAMP)
+        return self.norm(self.linear2(F.relu(self.linear1(x))))
+
+
+class _SelfAttention(nn.Module):
+    """Multi-head self-attention with the fused ``in_proj`` layout of :class:`torch.nn.MultiheadAttention`."""
+
+    def __init__(self, cfg: ScGPTConfig) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.nhead = cfg.nhead
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d, d))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d))
+        self.out_proj = nn.Linear(d, d)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, query_rows: int | None = None) -> torch.Tensor:
+        b, n, d = x.shape
+        h = self.nhead
+        if query_rows is None:
+            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+            q, k, v = qkv.view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
+        else:  # only the first `query_rows` positions are needed as queries (the <cls> token)
+            w_q, w_kv = self.in_proj_weight.split([d, 2 * d])
+            b_q, b_kv = self.in_proj_bias.split([d, 2 * d])
+            q = F.linear(x[:, :query_rows], w_q, b_q).view(b, query_rows, h, d // h).transpose(1, 2)
+            k, v = F.linear(x, w_kv, b_kv).view(b, n, 2, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = out.transpose(1, 2).reshape(b, -1, d)
+        return self.out_proj(out)
+
+
+class _EncoderLayer(nn.Module):
+    def __init__(self, cfg: ScGPTConfig) -> None:
+        super().__init__()
+        self.self_attn = _SelfAttention(cfg)
+        self.linear1 = nn.Linear(cfg.d_model, cfg.d_hid)
+        self.linear2 = nn.Linear(cfg.d_hid, cfg.d_model)
+        self.norm1 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.norm2 = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.pre_norm = cfg.pre_norm
+
+    def _ff(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear2(F.relu(self.linear1(x)))
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None, query_rows: int | None = None) -> torch.Tensor:
+        if self.pre_norm:  # the reference's flash "pre" scheme: the residual branch starts from the normed input
+            x = self.norm1(x)
+            x = (x if query_rows is None else x[:, :query_rows]) + self.self_attn(x, attn_mask, query_rows)
+            x = self.norm2(x)
+            return x + self._ff(x)
+        res = x if query_rows is None else x[:, :query_rows]
+        x = self.norm1(res + self.self_attn(x, attn_mask, query_rows))
+        return self.norm2(x + self._ff(x))
+
+
+class _TransformerEncoder(nn.Module):
+    def __init__(self, cfg: ScGPTConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([_EncoderLayer(cfg) for _ in range(cfg.nlayers)])
+
+
+class ScGPTEncoder(nn.Module):
+    """The embedding path of scGPT's ``TransformerModel`` (``_encode``), inference only.
+
+    Submodule names match the reference state dict (``encoder``, ``value_encoder``, ``transformer_encoder``).
+    """
+
+    def __init__(self, cfg: ScGPTConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = _GeneEncoder(cfg)
+        self.value_encoder = _ValueEncoder(cfg)
+        self.transformer_encoder = _TransformerEncoder(cfg)
+
+    @staticmethod
+    def attention_mask(lengths: torch.Tensor, n: int) -> torch.Tensor | None:
+        """Boolean ``(batch, 1, 1, n)`` mask, True where a key is a real token; ``None`` when nothing is padded."""
+        if bool((lengths == n).all()):
+            return None
+        keep = torch.arange(n, device=lengths.device)[None, :] < lengths[:, None]
+        return keep[:, None, None, :]
+
+    def forward(
+        self, tokens: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor, *, cls_only: bool = True
+    ) -> torch.Tensor:
+        """Hidden states of the last layer.
+
+        Parameters
+        ----------
+        tokens
+            ``(batch, n)`` token ids, ``<cls>`` first, right-padded with the ``<pad>`` id.
+        values
+            ``(batch, n)`` input values (``pad_value`` at ``<cls>`` and padding, bins elsewhere).
+        lengths
+            ``(batch,)`` number of real tokens per row (including ``<cls>``).
+        cls_only
+            Return only the ``<cls>`` state ``(batch, d)``; the last layer then computes the ``<cls>`` row only.
+
+        Returns
+        -------
+        ``(batch, d)`` when ``cls_only``, else ``(batch, n, d)``.
+        """
+        x = self.encoder(tokens) + self.value_encoder(values)
+        mask = self.attention_mask(lengths, tokens.shape[1])
+        layers = self.transformer_encoder.layers
+        for i, layer in enumerate(layers):
+            last = i == len(layers) - 1
+            x = layer(x, mask, 1 if (cls_only and last) else None)
+        return x[:, 0] if cls_only else x
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checkpoint key names
+# ---------------------------------------------------------------------------------------------------------------
+
+_RENAMES = (
+    (re.compile(r"self_attn\._impl\.Wqkv\.(weight|bias)$"), r"self_attn.in_proj_\1"),
+    (re.compile(r"self_attn\.Wqkv\.(weight|bias)$"), r"self_attn.in_proj_\1"),
+    (re.compile(r"self_attn\._impl\.out_proj\."), "self_attn.out_proj."),
+)
+
+
+def canonical_key(key: str) -> str:
+    """Map any released scGPT parameter name to the ``in_proj`` naming (strips a ``module.`` DDP prefix)."""
+    if key.startswith("module."):
+        key = key[len("module.") :]
+    for pattern, repl in _RENAMES:
+        key = pattern.sub(repl, key)
+    return key
+
+
+def map_state_dict(
+    state: Mapping[str, torch.Tensor], model: ScGPTEncoder
+) -> tuple[dict[str, torch.Tensor], list[str], list[str], list[str]]:
+    """Rename checkpoint keys to ``model``'s names.
+
+    Returns
+    -------
+    ``(mapped, missing, unexpected, ignored)``: tensors to load; model keys absent from the checkpoint; checkpoint
+    keys that are neither used nor known heads; known head keys that embeddings do not need.
+    """
+    wanted = model.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    ignored: list[str] = []
+    for key, value in state.items():
+        new = canonical_key(key)
+        if new in wanted:
+            if tuple(value.shape) != tuple(wanted[new].shape):
+                msg = (
+                    f"Checkpoint tensor {key!r} has shape {tuple(value.shape)} but args.json/vocab.json imply "
+                    f"{tuple(wanted[new].shape)}; the weights file does not belong to this args.json/vocab.json."
+                )
+                raise ValueError(msg)
+            mapped[new] = value
+        elif new.startswith(HEAD_PREFIXES):
+            ignored.append(key)
+        else:
+            unexpected.append(key)
+    missing = [k for k in wanted if k not in mapped]
+    return mapped, missing, unexpected, ignored
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# random weights
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def init_random_(model: ScGPTEncoder, generator: torch.Generator) -> None:
+    """Seeded random initialisation in the reference's scheme.
+
+    Token embedding uniform(-0.1, 0.1) (the reference ``init_weights``), linear layers Kaiming-uniform with
+    uniform biases (torch defaults), fused attention input projection Xavier-uniform with zero bias (as
+    :class:`torch.nn.MultiheadAttention`), LayerNorms at one/zero.
+    """
+    import math
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                fan_in = module.weight.shape[1]
+                bound = 1.0 / math.sqrt(fan_in)
+                # kaiming_uniform_(a=sqrt(5)) has the same bound 1/sqrt(fan_in)
+                module.weight.uniform_(-bound, bound, generator=generator)
+                if module.bias is not None:
+                    module.bias.uniform_(-bound, bound, generator=generator)
+            elif isinstance(module, nn.LayerNorm):
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+            elif isinstance(module, _SelfAttention):
+                w = module.in_proj_weight
+                a = math.sqrt(6.0 / (w.shape[0] + w.shape[1]))
+                w.uniform_(-a, a, generator=generator)
+                module.in_proj_bias.zero_()
+        emb = model.encoder.embedding.weight
+        emb.uniform_(-0.1, 0.1, generator=generator)
+    # attention out_proj bias is zero in nn.MultiheadAttention
+    for layer in model.transformer_encoder.layers:
+        with torch.no_grad():
+            layer.self_attn.out_proj.bias.zero_()
+
+
+def build_random(cfg: ScGPTConfig, seed: int) -> ScGPTEncoder:
+    """An :class:`ScGPTEncoder` with seeded random weights (independent of the global torch RNG)."""
+    model = ScGPTEncoder(cfg)
+    gen = torch.Generator().manual_seed(int(seed))
+    init_random_(model, gen)
+    return model
+
+
+def _random_heads(cfg: ScGPTConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Seeded tensors for the reference's expression decoder, classifier and MVC heads (layout only)."""
+    d = cfg.d_model
+
+    def lin(out_f: int, in_f: int, bias: bool = True) -> dict[str, torch.Tensor]:
+        b = 1.0 / in_f**0.5
+        out = {"weight": torch.empty(out_f, in_f).uniform_(-b, b, generator=generator)}
+        if bias:
+            out["bias"] = torch.empty(out_f).uniform_(-b, b, generator=generator)
+        return out
+
+    heads: dict[str, torch.Tensor] = {}
+    for prefix, shape in (("decoder.fc.0", (d, d)), ("decoder.fc.2", (d, d)), ("decoder.fc.4", (1, d))):
+        heads.update({f"{prefix}.{k}": v for k, v in lin(*shape).items()})
+    for prefix, shape in (
+        ("cls_decoder._decoder.0", (d, d)),
+        ("cls_decoder._decoder.3", (d, d)),
+        ("cls_decoder.out_layer", (1, d)),
+    ):
+        heads.update({f"{prefix}.{k}": v for k, v in lin(*shape).items()})
+    for prefix in ("cls_decoder._decoder.2", "cls_decoder._decoder.5"):
+        heads[f"{prefix}.weight"] = torch.ones(d)
+        heads[f"{prefix}.bias"] = torch.zeros(d)
+    heads.update({f"mvc_decoder.gene2query.{k}": v for k, v in lin(d, d).items()})
+    heads.update({f"mvc_decoder.W.{k}": v for k, v in lin(d, d, bias=False).items()})
+    return heads
+
+
+def random_state_dict(
+    cfg: ScGPTConfig, seed: int, *, naming: str = "in_proj", heads: bool = True
+) -> dict[str, torch.Tensor]:
+    """A seeded random state dict in a released checkpoint's key layout.
+
+    ``naming="in_proj"`` uses PyTorch's ``self_attn.in_proj_weight``; ``naming="Wqkv"`` the flash-attention
+    ``self_attn.Wqkv.weight``. With ``heads`` the decoder/MVC/classifier tensors of the reference model are added.
+    """
+    if naming not in {"in_proj", "Wqkv"}:
+        msg = f"`naming` must be 'in_proj' or 'Wqkv', got {naming!r}."
+        raise ValueError(msg)
+    model = build_random(cfg, seed)
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    if naming == "Wqkv":
+        state = {re.sub(r"self_attn\.in_proj_(weight|bias)$", r"self_attn.Wqkv.\1", k): v for k, v in state.items()}
+    if heads:
+        state.update(_random_heads(cfg, torch.Generator().manual_seed(int(seed) + 1)))
+    return state
