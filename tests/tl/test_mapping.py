@@ -246,3 +246,27 @@ def test_label_transfer_values():
     assert m["macro_f1"] == pytest.approx((2 / 3 + 1 / 2 + 1) / 3)
     with pytest.raises(KeyError, match="obs column"):
         fm.metrics.label_transfer(adata, "t", "nope")
+
+
+def test_map_with_foundation_model_zero_shot():
+    """Geneformer V1 (real vocabulary and config, random weights) applied to both on their shared genes."""
+    pbmc = fm.datasets.pbmc_3batch()
+    ref = pbmc[pbmc.obs["donor"] == "3pv2"][:24].copy()
+    q = pbmc[pbmc.obs["donor"] == "5p"][:8].copy()
+    q = q[:, q.var_names[::-1][:1500]].copy()  # reordered, 85% of the reference genes
+    fm.tl.map_to_reference(q, ref, model="geneformer-v1", weights="random", input="lognorm", label_key="cell_type", k=5)
+    assert q.obsm["X_geneformer"].shape == (8, 256)
+    params = q.uns["map_to_reference"]["params"]
+    assert params["space"] == "model:geneformer-v1"
+    assert params["n_genes"] == 1500
+    assert "X_geneformer" not in ref.obsm
+    # the same as embedding both on the shared genes by hand and mapping with use_rep
+    ref2, q2 = ref[:, q.var_names].copy(), q.copy()
+    fm.tl.embed(ref2, "geneformer-v1", weights="random", input="lognorm")
+    np.testing.assert_allclose(
+        fm.tl.map_to_reference(q2, ref2, use_rep="X_geneformer", label_key="cell_type", k=5, copy=True)
+        .obs["cell_type_uncertainty"]
+        .to_numpy(),
+        q.obs["cell_type_uncertainty"].to_numpy(),
+        atol=1e-6,
+    )
