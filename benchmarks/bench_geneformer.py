@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -71,14 +70,20 @@ def main() -> None:
     t = time.perf_counter()
     tokens, _ = fm.pp.tokenize(big, model)
     ours = time.perf_counter() - t
-    row = rec.record("tokenize", impl="scfmkit", n_cells=n_tok, seconds=round(ours, 2), cells_per_s=round(n_tok / ours))
+    rec.record("tokenize", impl="scfmkit", n_cells=n_tok, seconds=round(ours, 2), cells_per_s=round(n_tok / ours))
     big_path = work / f"tokenize_{n_tok}.h5ad"
     if not big_path.exists():
         big.write_h5ad(big_path)
     ref = reference("tokenize", h5ad=big_path, dicts=dicts)
     if ref:
-        rec.record("tokenize", impl="reference", n_cells=n_tok, seconds=round(ref["seconds"], 2),
-                   cells_per_s=round(n_tok / ref["seconds"]), speedup=round(ref["seconds"] / ours, 1))
+        rec.record(
+            "tokenize",
+            impl="reference",
+            n_cells=n_tok,
+            seconds=round(ref["seconds"], 2),
+            cells_per_s=round(n_tok / ref["seconds"]),
+            speedup=round(ref["seconds"] / ours, 1),
+        )
         same = ref.get("checksum") == int(tokens.input_ids.astype(np.int64).sum())
         rec.record("tokenize_identical_checksum", value=same)
     del big, tokens
@@ -95,8 +100,14 @@ def main() -> None:
     )
     wall, rss, out = run_measured([sys.executable, "-c", code, str(rss_path), str(dicts)])
     n_out, nbytes = (int(v) for v in out.split())
-    rec.record("tokenize_backed_peak_rss", n_cells=n_out, seconds=round(wall, 1), peak_rss_gib=round(rss, 2),
-               tokens_gib=round(nbytes / 2**30, 2), goal_gib=2.0)
+    rec.record(
+        "tokenize_backed_peak_rss",
+        n_cells=n_out,
+        seconds=round(wall, 1),
+        peak_rss_gib=round(rss, 2),
+        tokens_gib=round(nbytes / 2**30, 2),
+        goal_gib=2.0,
+    )
 
     # 3. embedding throughput, V1-shaped random checkpoint (6 layers, hidden 256), fp32, same cells for both
     ckpt = work / "gf_v1_full_random"
@@ -113,12 +124,25 @@ def main() -> None:
     ours = time.perf_counter() - t
     lengths = fm.pp.tokenize(sub, gf)[0].lengths
     flops = layer_flops(lengths, 256, 512, gf.n_layers - 1)
-    rec.record("embed", impl="scfmkit", n_cells=n_emb, seconds=round(ours, 2), cells_per_s=round(n_emb / ours, 2),
-               gflops=round(flops / ours / 1e9, 1), frac_of_matmul_peak=round(flops / ours / 1e9 / peak, 2))
+    rec.record(
+        "embed",
+        impl="scfmkit",
+        n_cells=n_emb,
+        seconds=round(ours, 2),
+        cells_per_s=round(n_emb / ours, 2),
+        gflops=round(flops / ours / 1e9, 1),
+        frac_of_matmul_peak=round(flops / ours / 1e9 / peak, 2),
+    )
     ref = reference("embed", h5ad=sub_path, dicts=dicts, ckpt=ckpt, batch_size=16)
     if ref:
-        rec.record("embed", impl="reference", n_cells=n_emb, seconds=round(ref["seconds"], 2),
-                   cells_per_s=round(n_emb / ref["seconds"], 2), speedup=round(ref["seconds"] / ours, 2))
+        rec.record(
+            "embed",
+            impl="reference",
+            n_cells=n_emb,
+            seconds=round(ref["seconds"], 2),
+            cells_per_s=round(n_emb / ref["seconds"], 2),
+            speedup=round(ref["seconds"] / ours, 2),
+        )
         if "embeddings" in ref:
             diff = np.abs(np.asarray(ref["embeddings"], np.float32) - sub.obsm["X_geneformer"]).max()
             rec.record("embed_max_abs_diff_vs_reference", value=float(diff))

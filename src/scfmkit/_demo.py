@@ -16,7 +16,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 import scfmkit as fm
@@ -113,7 +112,9 @@ def main(argv: list[str] | None = None) -> None:
         table = bench.groupby(["method", "metric"])["value"].mean().unstack("metric")
         cols = [c for c in ("pearson_delta", "l2_top1000", "mse_de", "pearson_delta_de", "direction_de") if c in table]
         lines += [_md(table[cols or list(table.columns[:4])].round(3)), ""]
-        lines.append(f"Mean over conditions and {args.seeds} seeds. `control` is the floor; `additive`/`linear` the bar.")
+        lines.append(
+            f"Mean over conditions and {args.seeds} seeds. `control` is the floor; `additive`/`linear` the bar."
+        )
         lines.append("")
 
     _figure(scores, table, args.out / "report.png")
@@ -125,7 +126,10 @@ def main(argv: list[str] | None = None) -> None:
 def _md(df: pd.DataFrame) -> str:
     """A DataFrame as a markdown table (no extra dependency)."""
     head = [str(df.index.name or ""), *map(str, df.columns)]
-    rows = [[str(i), *(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r)] for i, r in zip(df.index, df.values)]
+    rows = [
+        [str(i), *(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r)]
+        for i, r in zip(df.index, df.values, strict=True)
+    ]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return "\n".join(out + ["| " + " | ".join(r) + " |" for r in rows])
 

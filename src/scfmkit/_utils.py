@@ -85,7 +85,9 @@ def sanitize_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def progress(iterable: Iterable, *, total: int | None = None, desc: str = "", unit: str = "it", enabled: bool | None = None):
+def progress(
+    iterable: Iterable, *, total: int | None = None, desc: str = "", unit: str = "it", enabled: bool | None = None
+):
     """Wrap ``iterable`` in a tqdm progress bar when :attr:`scfmkit.settings.progress` is on."""
     from ._settings import settings
 

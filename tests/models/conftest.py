@@ -12,7 +12,9 @@ def gf_v1_dir(shared_dir, tmp_path_factory) -> Path:
     """A tiny random-weight Geneformer V1 checkpoint in the released layout, with the real V1 dictionaries."""
     from scfmkit.models.geneformer import write_random_checkpoint
 
-    return write_random_checkpoint(tmp_path_factory.mktemp("gf") / "v1", shared_dir / "models" / "geneformer-v1", **TINY)
+    return write_random_checkpoint(
+        tmp_path_factory.mktemp("gf") / "v1", shared_dir / "models" / "geneformer-v1", **TINY
+    )
 
 
 @pytest.fixture(scope="session")

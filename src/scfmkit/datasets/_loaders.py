@@ -49,7 +49,10 @@ def pbmc_3batch(*, path: str | Path | None = None):
 
 
 def pbmc_cite(run: str = "10k", *, path: str | Path | None = None):
-    """200 cells of a 10x CITE-seq PBMC run (``"10k"`` or ``"5k"``), raw counts, ADTs in ``obsm['protein_expression']``."""
+    """200 cells of a 10x CITE-seq PBMC run (``"10k"`` or ``"5k"``), raw counts.
+
+    ADT counts are in ``obsm['protein_expression']``, their names in ``uns['protein_names']``.
+    """
     if run not in {"10k", "5k"}:
         msg = f"`run` must be '10k' or '5k', got {run!r}."
         raise ValueError(msg)
@@ -67,7 +70,7 @@ def celltypist_sample(*, path: str | Path | None = None, backed: str | None = No
 
 
 def pbmc68k_reduced():
-    """scanpy's bundled ``pbmc68k_reduced`` (700 cells; ``.raw`` log-normalised, ``obs['bulk_labels']``); no download."""
+    """Scanpy's bundled ``pbmc68k_reduced``: 700 cells, ``.raw`` log-normalised, ``obs['bulk_labels']``."""
     import scanpy as sc
 
     return sc.datasets.pbmc68k_reduced()

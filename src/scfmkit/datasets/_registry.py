@@ -153,7 +153,7 @@ def _download(url: str, dest: Path, entry: DatasetFile, *, verify: bool) -> Path
     tmp_path = Path(tmp)
     try:
         try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(tmp_path, "wb") as out:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=60) as response, open(tmp_path, "wb") as out:
                 shutil.copyfileobj(response, out)
         except OSError as err:
             msg = (

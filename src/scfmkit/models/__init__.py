@@ -82,7 +82,11 @@ def load(
 def _detect_family(directory: Path) -> str:
     """Name of the registered loader for a checkpoint directory, from the files it holds."""
     names = {p.name for p in directory.iterdir()}
-    if any(n.startswith("token_dictionary") for n in names) or "config.json" in names and not {"vocab.json", "args.json"} <= names:
+    if (
+        any(n.startswith("token_dictionary") for n in names)
+        or "config.json" in names
+        and not {"vocab.json", "args.json"} <= names
+    ):
         from .geneformer import detect_variant
 
         return detect_variant(directory)

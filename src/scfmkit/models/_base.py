@@ -43,9 +43,12 @@ class FoundationModel(abc.ABC):
     def embed_cells(self, adata: AnnData, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
         """Return ``(embeddings, params)``: float32 ``(n_obs, d)`` in input order and the run's parameters."""
 
-    def embed_genes(self, adata: AnnData, *, kind: str = "contextual", **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
-        """Return ``(gene_embeddings, params)``: float32 ``(n_vars, d)`` in ``adata.var`` order, NaN rows for genes
-        the model lacks (or that never occur).
+    def embed_genes(
+        self, adata: AnnData, *, kind: str = "contextual", **kwargs: Any
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Return ``(gene_embeddings, params)``: float32 ``(n_vars, d)`` in ``adata.var`` order.
+
+        Rows are NaN for genes the model lacks (or, for contextual embeddings, that never occur).
 
         ``kind="contextual"`` averages each gene's output embedding over the cells where it appears;
         ``kind="token"`` returns the learned input token embeddings (no forward pass).
@@ -58,7 +61,12 @@ class FoundationModel(abc.ABC):
         """Parameters every run records in ``uns['<family>']['params']``."""
         from .. import __version__
 
-        return {"model": self.name, "source": str(self.source), "weights": self.weights_id, "scfmkit_version": __version__}
+        return {
+            "model": self.name,
+            "source": str(self.source),
+            "weights": self.weights_id,
+            "scfmkit_version": __version__,
+        }
 
 
 @dataclass(frozen=True)

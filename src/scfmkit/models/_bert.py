@@ -50,7 +50,9 @@ class BertConfig:
             raise ValueError(msg)
         fields = cls.__dataclass_fields__
         kwargs = {k: d[k] for k in fields if k in d and d[k] is not None}
-        missing = [k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads") if k not in kwargs]
+        missing = [
+            k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads") if k not in kwargs
+        ]
         if missing:
             msg = f"config.json lacks {missing}."
             raise ValueError(msg)
@@ -176,7 +178,7 @@ def convert_hf_state_dict(sd: dict[str, torch.Tensor], cfg: BertConfig, n_layers
                 out[f"layers.{i}.{ours}.{part}"] = take(f"{p}{theirs}.{part}")
     if missing:
         shown = ", ".join(missing[:6]) + (" ..." if len(missing) > 6 else "")
-        msg = f"The checkpoint lacks {len(missing)} core BERT weights ({shown}); it is not a usable Geneformer checkpoint."
+        msg = f"The checkpoint lacks {len(missing)} core BERT weights ({shown}); not a usable Geneformer checkpoint."
         raise ValueError(msg)
     n_ckpt_layers = 1 + max((int(m.group(1)) for k in clean if (m := _LAYER_RE.match(k))), default=-1)
     if n_ckpt_layers != cfg.num_hidden_layers:
@@ -210,7 +212,11 @@ def random_hf_state_dict(cfg: BertConfig, seed: int) -> dict[str, torch.Tensor]:
             sd[key] = torch.ones(h)
             continue
         elif key.endswith("bias"):
-            n = inter if key.endswith("intermediate.dense.bias") else (cfg.vocab_size if key == "cls.predictions.bias" else h)
+            n = (
+                inter
+                if key.endswith("intermediate.dense.bias")
+                else (cfg.vocab_size if key == "cls.predictions.bias" else h)
+            )
             sd[key] = torch.zeros(n)
             continue
         elif "intermediate.dense" in key:
@@ -223,4 +229,3 @@ def random_hf_state_dict(cfg: BertConfig, seed: int) -> dict[str, torch.Tensor]:
         sd[key] = torch.from_numpy(w)
     sd["bert.embeddings.word_embeddings.weight"][cfg.pad_token_id] = 0.0
     return sd
-

@@ -102,7 +102,9 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
     return obj
 
 
-def hub_download(repo_id: str, *, subfolder: str | None, filenames: list[str], optional: list[str] = (), name: str) -> Path:
+def hub_download(
+    repo_id: str, *, subfolder: str | None, filenames: list[str], optional: list[str] = (), name: str
+) -> Path:
     """Download files of a hub repository into the scfmkit cache and return their local folder.
 
     Offline or failing downloads raise an error that explains how to use a local directory instead.
@@ -119,7 +121,7 @@ def hub_download(repo_id: str, *, subfolder: str | None, filenames: list[str], o
     for fname in [*filenames, *optional]:
         try:
             p = hf_hub_download(repo_id, fname, subfolder=subfolder, cache_dir=cache)
-        except Exception as err:  # noqa: BLE001 - any hub failure gets the same advice
+        except Exception as err:
             if fname in optional:
                 continue
             where = f"{repo_id}/{subfolder}" if subfolder else repo_id

@@ -187,7 +187,9 @@ class GeneformerModel(FoundationModel):
         self._encoders: dict[tuple[int, str], BertEncoder] = {}
         max_token = max(vocab.token_dict.values())
         if max_token >= self.config.vocab_size:
-            msg = f"Token dictionary has ids up to {max_token} but config.json says vocab_size={self.config.vocab_size}."
+            msg = (
+                f"Token dictionary has ids up to {max_token} but config.json says vocab_size={self.config.vocab_size}."
+            )
             raise ValueError(msg)
 
     # ------------------------------------------------------------------ description
@@ -261,7 +263,7 @@ class GeneformerModel(FoundationModel):
         layer: str | None = None,
         gene_key: str | None = None,
         gene_id_type: str = "auto",
-        input: str = "counts",  # noqa: A002 - the user-facing name of the option
+        input: str = "counts",
         chunk_size: int = 2048,
         match: GeneMatch | None = None,
     ) -> Iterator[tuple[slice, TokenizedCells, dict[str, float]]]:
@@ -311,7 +313,13 @@ class GeneformerModel(FoundationModel):
                 )
                 raise ValueError(msg)
             tokens = rank_value_tokenize(
-                matched, n_counts, match.medians, match.token_ids, max_genes=max_genes, cls_token=cls_id, eos_token=eos_id
+                matched,
+                n_counts,
+                match.medians,
+                match.token_ids,
+                max_genes=max_genes,
+                cls_token=cls_id,
+                eos_token=eos_id,
             )
             stats = {"total": float(row_total.sum()), "matched": float(matched.sum())}
             yield rows, tokens, stats
@@ -438,7 +446,7 @@ class GeneformerModel(FoundationModel):
         layer: str | None = None,
         gene_key: str | None = None,
         gene_id_type: str = "auto",
-        input: str = "counts",  # noqa: A002
+        input: str = "counts",
         emb_layer: int = -1,
         pooling: str = "mean",
         batch_size: int = 32,
@@ -496,7 +504,7 @@ class GeneformerModel(FoundationModel):
         layer: str | None = None,
         gene_key: str | None = None,
         gene_id_type: str = "auto",
-        input: str = "counts",  # noqa: A002
+        input: str = "counts",
         emb_layer: int = -1,
         batch_size: int = 32,
         device: str | None = None,
@@ -554,7 +562,7 @@ def _var_column(adata: AnnData, key: str) -> pd.Index:
     return pd.Index(adata.var[key].astype(str))
 
 
-def _check_values(chunk: sparse.csr_matrix, *, input: str, layer: str | None, offset: int) -> None:  # noqa: A002
+def _check_values(chunk: sparse.csr_matrix, *, input: str, layer: str | None, offset: int) -> None:
     data = chunk.data
     if data.size == 0:
         return
@@ -679,7 +687,9 @@ def load_geneformer(
     vocab = GeneformerVocab.from_dir(directory)
     detected = "geneformer-v2" if vocab.special_tokens else "geneformer-v1"
     if name is not None and name != detected:
-        logger.warning("%s was asked for but the dictionaries in %s are %s's; using %s.", name, directory, detected, detected)
+        logger.warning(
+            "%s was asked for but the dictionaries in %s are %s's; using %s.", name, directory, detected, detected
+        )
     from ._bert import BertConfig, random_hf_state_dict
 
     if weights == "random":

@@ -45,7 +45,8 @@ def tokenize(
     mod
         Modality of a MuData.
     **options
-        ``input``, ``gene_id_type``, ``chunk_size`` (see :meth:`scfmkit.models.geneformer.GeneformerModel.iter_tokenize`).
+        ``input``, ``gene_id_type``, ``chunk_size``
+        (see :meth:`scfmkit.models.geneformer.GeneformerModel.iter_tokenize`).
 
     Returns
     -------
