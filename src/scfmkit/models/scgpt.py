@@ -151,6 +151,74 @@ class ScGPTModel(FoundationModel):
             )
         return ids, coverage
 
+    def _prepare(
+        self,
+        adata: AnnData,
+        *,
+        layer: str | None,
+        gene_key: str | None,
+        max_length: int | None,
+        rng: int | np.random.Generator | None,
+    ) -> dict[str, Any]:
+        """Check the values, match genes and count each cell's genes; tokens are made later, batch by batch."""
+        max_length = int(max_length or self.max_length)
+        if max_length < 2:
+            msg = f"`max_length` must be at least 2 (<cls> plus one gene), got {max_length}."
+            raise ValueError(msg)
+        X = get_matrix(adata, layer)
+        what = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+        check_nonnegative_finite(X, what=what)
+        ids, coverage = self.match_genes(adata, gene_key=gene_key)
+        cols = np.flatnonzero(ids >= 0)
+        sub = X[:, cols]
+        sub = sparse.csr_matrix(sub) if sparse.issparse(sub) else sparse.csr_matrix(np.asarray(sub))
+        sub.sort_indices()
+        n_genes = _positive_per_row(sub)
+        base_seed = _base_seed(rng)
+        if not adata.obs_names.is_unique:
+            logger.warning("scGPT: obs_names are not unique; cells with the same name share random draws.")
+        n_empty = int((n_genes == 0).sum())
+        if n_empty:
+            logger.warning(
+                "scGPT: %d cells express none of the matched genes; they get the <cls>-only embedding.", n_empty
+            )
+        params = {
+            **coverage,
+            "max_length": max_length,
+            "n_bins": self.n_bins,
+            "pad_value": self.pad_value,
+            "rng_seed": base_seed,
+            "n_cells_subsampled": int((n_genes + 1 > max_length).sum()),
+            "n_cells_without_genes": n_empty,
+            "layer": layer,
+            "gene_key": gene_key,
+        }
+        return {
+            "X": sub,
+            "cols": cols,
+            "gene_ids": ids,
+            "names": np.asarray(adata.obs_names),
+            "n_genes": n_genes,
+            "lengths": np.minimum(n_genes + 1, max_length),
+            "base_seed": base_seed,
+            "max_length": max_length,
+            "params": params,
+        }
+
+    def _tokenize_rows(self, prep: dict[str, Any], rows: np.ndarray):
+        from ._scgpt_preprocess import cell_generators, tokenize_cells
+
+        tokens, values, columns, _ = tokenize_cells(
+            prep["X"][rows],
+            prep["gene_ids"][prep["cols"]],
+            cls_id=self.cls_id,
+            pad_value=self.pad_value,
+            n_bins=self.n_bins,
+            max_length=prep["max_length"],
+            rngs=cell_generators(prep["base_seed"], list(prep["names"][rows])),
+        )
+        return tokens, values, [prep["cols"][c] for c in columns]  # columns back to adata.var positions
+
     def tokenize(
         self,
         adata: AnnData,
@@ -174,77 +242,42 @@ class ScGPTModel(FoundationModel):
         A dict with ``tokens``, ``values``, ``columns`` (per-cell arrays), ``n_genes`` (non-zero matched genes per
         cell), ``gene_ids`` (vocabulary id per var, ``-1`` if absent) and ``params``.
         """
-        from ._scgpt_preprocess import cell_generators, tokenize_cells
-
-        max_length = int(max_length or self.max_length)
-        X = get_matrix(adata, layer)
-        what = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        check_nonnegative_finite(X, what=what)
-        ids, coverage = self.match_genes(adata, gene_key=gene_key)
-        cols = np.flatnonzero(ids >= 0)
-        sub = X[:, cols]
-        sub = sparse.csr_matrix(sub) if sparse.issparse(sub) else sparse.csr_matrix(np.asarray(sub))
-        sub = sub.copy() if sub is X else sub
-        sub.sort_indices()
-        base_seed = _base_seed(rng)
-        if not adata.obs_names.is_unique:
-            logger.warning("scGPT: obs_names are not unique; cells with the same name share random draws.")
-        tokens, values, columns, n_genes = tokenize_cells(
-            sub,
-            ids[cols],
-            cls_id=self.cls_id,
-            pad_value=self.pad_value,
-            n_bins=self.n_bins,
-            max_length=max_length,
-            rngs=cell_generators(base_seed, list(adata.obs_names)),
-        )
-        columns = [cols[c] for c in columns]  # back to adata.var positions
-        n_empty = int((n_genes == 0).sum())
-        if n_empty:
-            logger.warning(
-                "scGPT: %d cells express none of the matched genes; they get the <cls>-only embedding.", n_empty
-            )
-        params = {
-            **coverage,
-            "max_length": max_length,
-            "n_bins": self.n_bins,
-            "pad_value": self.pad_value,
-            "rng_seed": base_seed,
-            "n_cells_subsampled": int((n_genes + 1 > max_length).sum()),
-            "n_cells_without_genes": n_empty,
-            "layer": layer,
-            "gene_key": gene_key,
-        }
+        prep = self._prepare(adata, layer=layer, gene_key=gene_key, max_length=max_length, rng=rng)
+        tokens, values, columns = self._tokenize_rows(prep, np.arange(adata.n_obs))
         return {
             "tokens": tokens,
             "values": values,
             "columns": columns,
-            "n_genes": n_genes,
-            "gene_ids": ids,
-            "params": params,
+            "n_genes": prep["n_genes"],
+            "gene_ids": prep["gene_ids"],
+            "params": prep["params"],
         }
 
     # ------------------------------------------------------------------ forward passes
 
-    def _batches(self, tokens: list[np.ndarray], values: list[np.ndarray], batch_size: int):
-        """Yield ``(cell_positions, tokens, values, lengths)`` for batches of cells of similar length."""
+    def _batches(self, prep: dict[str, Any], batch_size: int):
+        """Yield ``(cell_positions, columns, tokens, values, lengths)`` for batches of cells of similar length.
+
+        Cells are sorted by length, so a batch is padded only to its longest cell; tokens are made batch by batch.
+        """
         import torch
 
-        lengths = np.fromiter((t.size for t in tokens), dtype=np.int64, count=len(tokens))
-        order = np.argsort(lengths, kind="stable")
+        order = np.argsort(prep["lengths"], kind="stable")
         for start in range(0, order.size, batch_size):
             idx = order[start : start + batch_size]
-            n = int(lengths[idx].max())
+            tokens, values, columns = self._tokenize_rows(prep, idx)
+            lengths = np.array([t.size for t in tokens], dtype=np.int64)
+            n = int(lengths.max())
             tok = np.full((idx.size, n), self.pad_id, dtype=np.int64)
             val = np.full((idx.size, n), self.pad_value, dtype=np.float32)
-            for j, i in enumerate(idx):
-                tok[j, : lengths[i]] = tokens[i]
-                val[j, : lengths[i]] = values[i]
-            yield idx, torch.from_numpy(tok), torch.from_numpy(val), torch.from_numpy(lengths[idx])
+            for j, (t, v) in enumerate(zip(tokens, values, strict=True)):
+                tok[j, : t.size] = t
+                val[j, : v.size] = v
+            yield idx, columns, torch.from_numpy(tok), torch.from_numpy(val), torch.from_numpy(lengths)
 
     def _run(
         self,
-        tok: dict[str, Any],
+        prep: dict[str, Any],
         *,
         batch_size: int,
         device: str | None,
@@ -267,12 +300,12 @@ class ScGPTModel(FoundationModel):
             self.device = dev
         dtype = getattr(torch, _PRECISIONS[precision]) if _PRECISIONS[precision] else None
         dev_type = torch.device(dev).type
-        n_batches = -(-len(tok["tokens"]) // batch_size)
-        batches = self._batches(tok["tokens"], tok["values"], batch_size)
+        n_batches = -(-prep["lengths"].size // batch_size)
+        batches = self._batches(prep, batch_size)
         with torch.inference_mode(), torch.autocast(dev_type, dtype=dtype, enabled=dtype is not None):
-            for idx, t, v, n in progress(batches, total=n_batches, desc=desc, unit="batch"):
+            for idx, columns, t, v, n in progress(batches, total=n_batches, desc=desc, unit="batch"):
                 out = self.module(t.to(dev), v.to(dev), n.to(dev), cls_only=cls_only)
-                consume(idx, out.float(), n)
+                consume(idx, columns, out.float(), n)
         return dev
 
     def embed_cells(
@@ -324,19 +357,25 @@ class ScGPTModel(FoundationModel):
             msg = f"scGPT cell embeddings come from the last layer; `emb_layer` must be None, got {emb_layer!r}."
             raise ValueError(msg)
         batch_size = int(batch_size or settings.batch_size)
-        tok = self.tokenize(adata, layer=layer, gene_key=gene_key, max_length=max_length, rng=rng)
+        prep = self._prepare(adata, layer=layer, gene_key=gene_key, max_length=max_length, rng=rng)
         out = np.zeros((adata.n_obs, self.module.cfg.d_model), dtype=np.float32)
 
-        def consume(idx, emb, _lengths):
+        def consume(idx, _columns, emb, _lengths):
             out[idx] = emb.cpu().numpy()
 
         dev = self._run(
-            tok, batch_size=batch_size, device=device, precision=precision, cls_only=True, desc="scGPT", consume=consume
+            prep,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            cls_only=True,
+            desc="scGPT",
+            consume=consume,
         )
         if normalize:
             out /= np.linalg.norm(out, axis=1, keepdims=True)
         params = {
-            **tok["params"],
+            **prep["params"],
             "pooling": "cls",
             "normalize": bool(normalize),
             "precision": precision,
@@ -380,20 +419,19 @@ class ScGPTModel(FoundationModel):
             out[rows] = emb
             return out, {**coverage, "gene_key": gene_key}
         batch_size = int(batch_size or settings.batch_size)
-        tok = self.tokenize(adata, layer=layer, gene_key=gene_key, max_length=max_length, rng=rng)
+        prep = self._prepare(adata, layer=layer, gene_key=gene_key, max_length=max_length, rng=rng)
         sums = torch.zeros((adata.n_vars, d), dtype=torch.float64)
         counts = torch.zeros(adata.n_vars, dtype=torch.float64)
-        columns = tok["columns"]
 
-        def consume(idx, hidden, lengths):
+        def consume(_idx, columns, hidden, lengths):
             hidden = hidden.cpu()
-            for j, i in enumerate(idx):
-                cols = torch.from_numpy(columns[i])
+            for j, c in enumerate(columns):
+                cols = torch.from_numpy(c)
                 sums.index_add_(0, cols, hidden[j, 1 : int(lengths[j])].double())
                 counts.index_add_(0, cols, torch.ones(cols.numel(), dtype=torch.float64))
 
         dev = self._run(
-            tok,
+            prep,
             batch_size=batch_size,
             device=device,
             precision=precision,
@@ -402,7 +440,7 @@ class ScGPTModel(FoundationModel):
             consume=consume,
         )
         out = (sums / counts[:, None]).numpy().astype(np.float32)  # 0/0 -> NaN for genes never seen
-        params = {**tok["params"], "precision": precision, "batch_size": batch_size, "device": dev}
+        params = {**prep["params"], "precision": precision, "batch_size": batch_size, "device": dev}
         params["n_genes_embedded"] = int((counts > 0).sum())
         return out, params
 
@@ -410,6 +448,12 @@ class ScGPTModel(FoundationModel):
 # ---------------------------------------------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def _positive_per_row(X: sparse.csr_matrix) -> np.ndarray:
+    """Number of stored values > 0 in each row (explicit zeros do not count)."""
+    counts = np.add.reduceat(np.append(X.data > 0, False).astype(np.int64), X.indptr[:-1])
+    return np.where(np.diff(X.indptr) > 0, counts, 0).astype(np.int64)
 
 
 def _base_seed(rng: int | np.random.Generator | None) -> int:
