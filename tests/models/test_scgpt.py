@@ -350,3 +350,23 @@ def test_pooling_and_emb_layer_checked(model, cells):
         fm.tl.embed(cells, model, pooling="mean")
     with pytest.raises(ValueError, match="emb_layer"):
         fm.tl.embed(cells, model, emb_layer=3)
+
+
+def test_bfloat16_autocast_close_to_fp32(model, cells):
+    a = cells[:10].copy()
+    ref, _ = model.embed_cells(a)
+    low, params = model.embed_cells(a, precision="bfloat16")
+    assert params["precision"] == "bfloat16"
+    assert low.dtype == np.float32
+    assert np.sum(ref * low, axis=1).min() > 0.98
+    with pytest.raises(ValueError, match="precision"):
+        model.embed_cells(a, precision="int8")
+
+
+def test_mudata_rna_modality(model, cells):
+    import mudata as md
+
+    mdata = md.MuData({"rna": cells[:8].copy()})
+    fm.tl.embed(mdata, model, batch_size=4)
+    np.testing.assert_allclose(mdata["rna"].obsm["X_scgpt"], model.embed_cells(cells[:8])[0], atol=1e-6)
+    assert "rna:X_scgpt" in mdata.obsm
