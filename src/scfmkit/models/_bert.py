@@ -96,11 +96,14 @@ class BertEncoder(nn.Module):
         self.ln = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
         self.layers = nn.ModuleList(_Layer(cfg) for _ in range(n_layers))
 
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None, return_layers: tuple[int, ...] = ()
+    ) -> torch.Tensor | dict[int, torch.Tensor]:
         """Hidden states after the last kept layer, ``(batch, seq, hidden)``.
 
         ``lengths`` gives the number of real tokens per row (the rest is padding and is masked out of attention);
-        ``None`` means no padding.
+        ``None`` means no padding. With ``return_layers``, returns ``{i: hidden states after i layers}`` instead
+        (``0`` is the embedding output, as ``hidden_states[i]`` in HuggingFace).
         """
         n = input_ids.shape[1]
         x = self.word(input_ids) + self.position.weight[:n] + self.token_type.weight[0]
@@ -109,9 +112,12 @@ class BertEncoder(nn.Module):
         if lengths is not None and bool((lengths < n).any()):
             keep = torch.arange(n, device=input_ids.device)[None, :] < lengths[:, None]
             mask = keep[:, None, None, :]
-        for layer in self.layers:
+        kept = {0: x} if 0 in return_layers else {}
+        for i, layer in enumerate(self.layers, start=1):
             x = layer(x, mask)
-        return x
+            if i in return_layers:
+                kept[i] = x
+        return kept if return_layers else x
 
 
 _LAYER_RE = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")

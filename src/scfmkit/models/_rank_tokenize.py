@@ -47,19 +47,20 @@ class TokenizedCells:
 
 
 def normalise_for_ranking(counts: sparse.csr_matrix, n_counts: np.ndarray, medians: np.ndarray) -> sparse.csr_matrix:
-    """``counts / n_counts * 10,000 / medians`` on the stored entries, with the reference's dtype promotion.
+    """``counts / n_counts * 10,000 / medians`` on the stored entries, bit for bit as the reference computes it.
 
-    The first two operations run in the common dtype of the counts and ``n_counts`` (float32 stays float32), the
-    division by the float64 medians in float64, exactly as numpy evaluates ``X / n_counts * 10000 / medians``.
+    The reference evaluates ``X / n_counts * 10000 / medians`` on a scipy sparse matrix, which divides by a dense
+    array as a multiplication by its reciprocal. So the value is ``x * (1 / n_counts)`` and ``* 10000`` in the
+    common dtype of the counts and ``n_counts`` (float32 data with float32 totals stays float32), then
+    ``* (1 / median)`` in float64. The exact rounding matters: it decides the order of nearly equal genes.
     Entries that are zero are dropped.
     """
-    dt = np.result_type(counts.dtype, n_counts.dtype)
-    if dt.kind != "f":
-        dt = np.dtype(np.float64)
+    recip = np.true_divide(1.0, n_counts)
+    dt = np.result_type(counts.dtype, recip.dtype)
     rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
-    vals = counts.data.astype(dt, copy=False) / n_counts.astype(dt, copy=False)[rows]
-    vals = vals * dt.type(TARGET_SUM)
-    vals = vals / medians[counts.indices]
+    vals = counts.data.astype(dt, copy=False) * recip.astype(dt, copy=False)[rows]
+    vals *= dt.type(TARGET_SUM)
+    vals = vals.astype(np.float64, copy=False) * np.true_divide(1.0, medians)[counts.indices]
     out = sparse.csr_matrix((vals, counts.indices, counts.indptr), shape=counts.shape)
     out.eliminate_zeros()
     return out

@@ -300,7 +300,7 @@ class GeneformerModel(FoundationModel):
             if input == "lognorm":
                 chunk = chunk.copy()
                 chunk.data = np.expm1(chunk.data.astype(np.float64))
-            row_total = np.asarray(chunk.sum(axis=1), dtype=chunk.dtype).ravel()
+            row_total = np.asarray(chunk.sum(axis=1)).ravel()  # scipy keeps float32 sums float32, as the reference
             n_counts = n_counts_obs[rows] if n_counts_obs is not None else row_total
             matched = (chunk @ agg).tocsr()
             empty = np.flatnonzero(np.diff(matched.indptr) == 0)
@@ -395,23 +395,51 @@ class GeneformerModel(FoundationModel):
         size. ``gene_sums=(sums, counts)`` additionally accumulates each gene token's output embedding (for
         contextual gene embeddings).
         """
+        return self.embed_tokens_multi(
+            tokens,
+            outputs=[(emb_layer, pooling)],
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            gene_sums=gene_sums,
+            show_progress=show_progress,
+        )[(emb_layer, pooling)]
+
+    def embed_tokens_multi(
+        self,
+        tokens: TokenizedCells,
+        *,
+        outputs: list[tuple[int, str]],
+        batch_size: int = 32,
+        device: str | None = None,
+        precision: str = "float32",
+        gene_sums: tuple[np.ndarray, np.ndarray] | None = None,
+        show_progress: bool | None = None,
+    ) -> dict[tuple[int, str], np.ndarray]:
+        """Several ``(emb_layer, pooling)`` cell embeddings from one forward pass (see :meth:`embed_tokens`).
+
+        ``gene_sums`` accumulates the gene-token states of the first requested layer.
+        """
         import torch
 
         from .._settings import settings
 
-        if pooling not in {"mean", "cls"}:
-            msg = f"`pooling` must be 'mean' or 'cls', got {pooling!r}."
-            raise ValueError(msg)
         special = self.vocab.special_tokens
-        if pooling == "cls" and not special:
-            msg = f"{self.name} has no <cls> token (Geneformer V1); use `pooling='mean'` or a V2 model."
-            raise ValueError(msg)
+        for _, pooling in outputs:
+            if pooling not in {"mean", "cls"}:
+                msg = f"`pooling` must be 'mean' or 'cls', got {pooling!r}."
+                raise ValueError(msg)
+            if pooling == "cls" and not special:
+                msg = f"{self.name} has no <cls> token (Geneformer V1); use `pooling='mean'` or a V2 model."
+                raise ValueError(msg)
+        layer_of = {out: self._layers_for(out[0]) for out in outputs}
         device = settings.resolve_device(device or self.device)
-        enc = self.encoder(self._layers_for(emb_layer), device)
+        enc = self.encoder(max(layer_of.values()), device)
+        wanted = tuple(sorted(set(layer_of.values())))
         autocast = _autocast(device, precision)
         lengths = tokens.lengths
         order = np.argsort(-lengths, kind="stable")
-        out = np.empty((len(tokens), self.config.hidden_size), np.float32)
+        result = {out: np.empty((len(tokens), self.config.hidden_size), np.float32) for out in outputs}
         pad = self.vocab.pad_id
         skip = 1 if special else 0
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -424,20 +452,23 @@ class GeneformerModel(FoundationModel):
                     ids[r, : lens[r]] = tokens[i]
                 t_ids = torch.from_numpy(ids).to(device)
                 t_len = torch.from_numpy(lens.astype(np.int64)).to(device)
-                hidden = enc(t_ids, t_len).float()
+                states = enc(t_ids, t_len, return_layers=wanted)
                 # gene positions: [skip, len - skip); V2 excludes <cls> and <eos>
                 pos = torch.arange(n, device=device)[None, :]
                 gene_mask = (pos >= skip) & (pos < (t_len - skip)[:, None])
-                if pooling == "cls":
-                    emb = hidden[:, 0]
-                else:
-                    emb = (hidden * gene_mask[..., None]).sum(1) / (t_len - 2 * skip)[:, None]
-                out[idx] = emb.cpu().numpy()
+                for out in outputs:
+                    hidden = states[layer_of[out]].float()
+                    if out[1] == "cls":
+                        emb = hidden[:, 0]
+                    else:
+                        emb = (hidden * gene_mask[..., None]).sum(1) / (t_len - 2 * skip)[:, None]
+                    result[out][idx] = emb.cpu().numpy()
                 if gene_sums is not None:
+                    hidden = states[layer_of[outputs[0]]].float()
                     flat_ids = t_ids[gene_mask].cpu().numpy()
                     np.add.at(gene_sums[0], flat_ids, hidden[gene_mask].double().cpu().numpy())
                     np.add.at(gene_sums[1], flat_ids, 1)
-        return out
+        return result
 
     def embed_cells(
         self,
