@@ -57,8 +57,7 @@ def normalise_for_ranking(counts: sparse.csr_matrix, n_counts: np.ndarray, media
     """
     recip = np.true_divide(1.0, n_counts)
     dt = np.result_type(counts.dtype, recip.dtype)
-    rows = np.repeat(np.arange(counts.shape[0]), np.diff(counts.indptr))
-    vals = counts.data.astype(dt, copy=False) * recip.astype(dt, copy=False)[rows]
+    vals = counts.data.astype(dt, copy=False) * np.repeat(recip.astype(dt, copy=False), np.diff(counts.indptr))
     vals *= dt.type(TARGET_SUM)
     vals = vals.astype(np.float64, copy=False) * np.true_divide(1.0, medians)[counts.indices]
     out = sparse.csr_matrix((vals, counts.indices, counts.indptr), shape=counts.shape)
