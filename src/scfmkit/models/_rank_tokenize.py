@@ -115,8 +115,14 @@ def rank_value_tokenize(
     cell_tokens = token_ids.astype(ids.dtype)
     for i in range(n):
         lo, hi = indptr[i], indptr[i + 1]
-        # stable descending sort of one cell: ties keep column order
-        top = np.argsort(-data[lo:hi], kind="stable")[:max_genes]
+        # descending order of one cell, ties in column order (a stable sort); numpy's default sort is about twice
+        # as fast on real cells, so use it and fall back to the stable sort only when the cell has tied values
+        neg = -data[lo:hi]
+        top = np.argsort(neg)
+        ranked = neg[top]
+        if (ranked[1:] == ranked[:-1]).any():
+            top = np.argsort(neg, kind="stable")
+        top = top[:max_genes]
         start = offsets[i] + head
         ids[start : start + len(top)] = cell_tokens[indices[lo:hi][top]]
     if cls_token is not None:
