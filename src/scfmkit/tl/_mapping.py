@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["knn_search", "map_to_reference", "weighted_knn_transfer"]
 
 UNKNOWN = "Unknown"
-_WORKING_MEMORY = 2**27  # bytes for one query chunk x reference block of squared distances (128 MiB)
 
 
 def knn_search(
@@ -46,14 +45,15 @@ def knn_search(
     k
         Neighbours per query cell (at most the number of reference cells).
     chunk_size
-        Query cells per block; by default a block of squared distances takes about 128 MiB.
+        Query cells per call to scikit-learn (progress-bar steps; scikit-learn blocks the distance computation into
+        small tiles itself, so memory stays bounded for any reference size).
     show_progress
         Progress bar over blocks (default :attr:`scfmkit.settings.progress`).
 
     Returns
     -------
-    ``(distances, indices)``, each query cells x ``k``, sorted by distance. Candidates are found with float32 BLAS
-    products; the returned distances are recomputed exactly in float64.
+    ``(distances, indices)``, each query cells x ``k``, sorted by distance. Candidates come from scikit-learn's
+    brute-force search (float32 unless both inputs are float64); the returned distances are recomputed in float64.
     """
     Q = np.asarray(query)
     R = np.asarray(reference)
@@ -67,27 +67,26 @@ def knn_search(
     if not (np.isfinite(Q).all() and np.isfinite(R).all()):
         msg = "Embeddings contain NaN or infinite values; drop or recompute those cells first."
         raise ValueError(msg)
+    from sklearn.neighbors import NearestNeighbors
+
     if chunk_size is None:
-        chunk_size = int(max(1, min(Q.shape[0], _WORKING_MEMORY // (4 * n_ref))))
-    R32 = np.ascontiguousarray(R, dtype=np.float32)
+        chunk_size = 4096
+    dtype = np.float64 if np.asarray(R).dtype == np.float64 and np.asarray(Q).dtype == np.float64 else np.float32
+    R_ = np.ascontiguousarray(R, dtype=dtype)
     R64 = np.asarray(R, dtype=np.float64)
-    r_sq = np.einsum("ij,ij->i", R32, R32, dtype=np.float32)
+    # sklearn's brute-force search (blocked distance computation + per-row top-k in compiled code, bounded memory)
+    nn = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="euclidean").fit(R_)
     dist = np.empty((Q.shape[0], k), dtype=np.float64)
     idx = np.empty((Q.shape[0], k), dtype=np.int64)
     starts = range(0, Q.shape[0], chunk_size)
     for start in progress(starts, total=len(starts), desc="kNN", unit="block", enabled=show_progress):
-        q = np.asarray(Q[start : start + chunk_size], dtype=np.float32)
-        d2 = q @ R32.T
-        d2 *= -2.0
-        d2 += r_sq[None, :]
-        d2 += np.einsum("ij,ij->i", q, q)[:, None]
-        cand = np.argpartition(d2, k - 1, axis=1)[:, :k] if k < n_ref else np.tile(np.arange(n_ref), (len(q), 1))
-        del d2
-        diff = R64[cand] - np.asarray(Q[start : start + chunk_size], dtype=np.float64)[:, None, :]
+        q64 = np.asarray(Q[start : start + chunk_size], dtype=np.float64)
+        cand = nn.kneighbors(np.ascontiguousarray(q64, dtype=dtype), return_distance=False)
+        diff = R64[cand] - q64[:, None, :]
         exact = np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
         order = np.argsort(exact, axis=1, kind="stable")
-        dist[start : start + len(q)] = np.take_along_axis(exact, order, axis=1)
-        idx[start : start + len(q)] = np.take_along_axis(cand, order, axis=1)
+        dist[start : start + len(q64)] = np.take_along_axis(exact, order, axis=1)
+        idx[start : start + len(q64)] = np.take_along_axis(cand, order, axis=1)
     return dist, idx
 
 
@@ -314,7 +313,7 @@ def map_to_reference(
         Reference ``obsm`` key with a 2-d layout; when present, each query cell is placed at the weighted mean of its
         neighbours' positions (``obsm['X_umap_ref']``). ``None`` skips this.
     chunk_size
-        Query cells per kNN block (default: about 128 MiB per block).
+        Query cells per kNN block (default 4096).
     rng
         Seed for the PCA solver, scvi-tools and random weights.
     mod
