@@ -136,6 +136,13 @@ class GeneMatch:
         """Number of ``var`` entries that map to a token."""
         return int((self.column >= 0).sum())
 
+    def gather(self, X: sparse.csr_matrix) -> sparse.csr_matrix:
+        """Cells x matched genes: the columns of ``X`` that map to a token, duplicates summed, indices sorted."""
+        rows = np.flatnonzero(self.column >= 0)
+        if len(rows) == len(self.token_ids):  # no duplicates: plain column selection keeps var order (fast)
+            return X[:, rows]
+        return (X @ self.aggregation_matrix()).tocsr().sorted_indices()
+
     def aggregation_matrix(self) -> sparse.csr_matrix:
         """``n_vars x n_tokens`` 0/1 matrix; ``X @ A`` sums the counts of ``var`` entries that share a token."""
         rows = np.flatnonzero(self.column >= 0)
@@ -283,7 +290,6 @@ class GeneformerModel(FoundationModel):
                 "with Ensembl ids or gene symbols."
             )
             raise ValueError(msg)
-        agg = match.aggregation_matrix()
         X = get_matrix(adata, layer)
         n_counts_obs = None
         if input == "counts" and "n_counts" in adata.obs:
@@ -302,7 +308,7 @@ class GeneformerModel(FoundationModel):
                 chunk.data = np.expm1(chunk.data.astype(np.float64))
             row_total = np.asarray(chunk.sum(axis=1)).ravel()  # scipy keeps float32 sums float32, as the reference
             n_counts = n_counts_obs[rows] if n_counts_obs is not None else row_total
-            matched = (chunk @ agg).tocsr()
+            matched = match.gather(chunk)
             empty = np.flatnonzero(np.diff(matched.indptr) == 0)
             if len(empty):
                 names = list(adata.obs_names[start + empty[:5]])
