@@ -64,21 +64,41 @@ def main() -> None:
     work = args.out / "geneformer_work"
     work.mkdir(parents=True, exist_ok=True)
 
-    # 1. tokenizer throughput on the real cells replicated to 50,000
+    # 1. tokenizer throughput on the real cells replicated to 50,000: from the h5ad file (read included, as the
+    #    reference's timing includes its read) and in memory
     n_tok = 5_000 if args.quick else 50_000
     big = replicate(cells, n_tok)
-    t = time.perf_counter()
-    tokens, _ = fm.pp.tokenize(big, model)
-    ours = time.perf_counter() - t
-    rec.record("tokenize", impl="scfmkit", n_cells=n_tok, seconds=round(ours, 2), cells_per_s=round(n_tok / ours))
     big_path = work / f"tokenize_{n_tok}.h5ad"
     if not big_path.exists():
         big.write_h5ad(big_path)
+    t = time.perf_counter()
+    tokens, _ = fm.pp.tokenize(ad.read_h5ad(big_path), model)
+    ours = time.perf_counter() - t
+    rec.record(
+        "tokenize",
+        impl="scfmkit",
+        source="h5ad file",
+        n_cells=n_tok,
+        seconds=round(ours, 2),
+        cells_per_s=round(n_tok / ours),
+    )
+    t = time.perf_counter()
+    fm.pp.tokenize(big, model)
+    in_memory = time.perf_counter() - t
+    rec.record(
+        "tokenize",
+        impl="scfmkit",
+        source="in memory",
+        n_cells=n_tok,
+        seconds=round(in_memory, 2),
+        cells_per_s=round(n_tok / in_memory),
+    )
     ref = reference("tokenize", h5ad=big_path, dicts=dicts)
     if ref:
         rec.record(
             "tokenize",
             impl="reference",
+            source="h5ad file",
             n_cells=n_tok,
             seconds=round(ref["seconds"], 2),
             cells_per_s=round(n_tok / ref["seconds"]),
