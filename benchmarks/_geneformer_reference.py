@@ -97,7 +97,7 @@ def load_reference(checkout: Path):
         sys.modules["peft"] = peft
     try:
         tok = importlib.import_module("geneformer.tokenizer")
-        emb = importlib.import_module("geneformer.emb_extractor")
+        importlib.import_module("geneformer.emb_extractor")
     finally:
         if stub:
             del sys.modules["peft"]
