@@ -16,6 +16,7 @@ from ._loaders import (
     pbmc_cite,
     pbmc_multiome,
 )
+from ._multimodal import pbmc_cite_mudata
 
 __all__ = [
     "DATASETS",
@@ -29,5 +30,6 @@ __all__ = [
     "pbmc68k_reduced",
     "pbmc_3batch",
     "pbmc_cite",
+    "pbmc_cite_mudata",
     "pbmc_multiome",
 ]

@@ -3,6 +3,7 @@
 from ._embed import embed, embed_genes
 from ._baselines import baselines
 from ._mapping import map_to_reference
+from ._multimodal import joint_embedding, modality_embedding
 from ._perturbation import (
     PerturbationPredictor,
     available_predictors,
