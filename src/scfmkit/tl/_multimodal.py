@@ -191,7 +191,8 @@ def joint_embedding(
     """Join an RNA embedding (e.g. a foundation model's) with a protein or ATAC embedding of the same cells.
 
     The other modality is embedded with muon's own recipe when ``other_key`` is not given (protein: CLR + PCA; ATAC:
-    TF-IDF + LSI without its first, depth-related component; see :func:`modality_embedding`). Then either
+    TF-IDF + LSI; see :func:`modality_embedding`). The first LSI component of an ATAC modality's ``obsm['X_lsi']``
+    mostly tracks sequencing depth and is left out, as in Signac's and muon's tutorials. Then either
 
     - ``method="wnn"``: per-modality kNN graphs (:func:`scanpy.pp.neighbors` on ``rna_key`` and the other
       embedding) and muon's weighted nearest neighbours (:func:`muon.pp.neighbors`, Hao et al. 2021), which weighs
@@ -295,7 +296,12 @@ def joint_embedding(
     if len(weights) != 2 or min(weights) < 0:
         msg = f"`weights` must be two non-negative numbers (rna, other), got {weights!r}."
         raise ValueError(msg)
-    kind_resolved = _kind(other_ad, other, kind) if other_key is None else kind
+    try:
+        kind_resolved = _kind(other_ad, other, kind)
+    except ValueError:
+        if other_key is None or kind is not None:
+            raise
+        kind_resolved = None
     if n_comps < 2 or n_neighbors < 2:
         msg = f"`n_comps` and `n_neighbors` must be >= 2, got {n_comps} and {n_neighbors}."
         raise ValueError(msg)
@@ -310,7 +316,7 @@ def joint_embedding(
         data.obsm[f"{other}:{other_key}"] = other_ad.obsm[other_key]
     other_emb = np.asarray(other_ad.obsm[other_key], dtype=np.float32)
     other_use = other_key
-    if computed and kind_resolved == "atac":  # LSI component 1 tracks depth: leave it out, as Signac/muon do
+    if kind_resolved == "atac" and other_key == "X_lsi":  # LSI component 1 tracks depth: left out as Signac/muon do
         other_use = f"{other_key}_no1"
         other_emb = other_emb[:, 1:]
 
