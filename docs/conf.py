@@ -29,10 +29,10 @@ extensions = [
 nb_execution_mode = "off"
 nb_merge_streams = True
 myst_enable_extensions = ["colon_fence", "dollarmath"]
-source_suffix = {".md": "myst-nb", ".ipynb": "myst-nb", ".rst": "restructuredtext"}
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}  # .rst first: autosummary stubs
 exclude_patterns = ["_build", "**.ipynb_checkpoints", "Thumbs.db", ".DS_Store"]
 # widget outputs of progress bars; notebooks saved before execution have no language_info (code shown unhighlighted)
-suppress_warnings = ["mystnb.unknown_mime_type", "mystnb.lexer"]
+suppress_warnings = ["mystnb.unknown_mime_type", "mystnb.lexer", "myst-nb.lexer"]
 
 autosummary_generate = True
 autosummary_imported_members = True
@@ -42,7 +42,11 @@ autodoc_default_options = {"members": True, "undoc-members": False}
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_rtype = False
+# this package writes "Returns" as prose plus bullet lists of the keys written (not "name : type" entries): render it
+# as written instead of letting napoleon split "key: text" lines into typed return values
+napoleon_custom_sections = ["Returns"]
 napoleon_use_param = True
+napoleon_use_ivar = True  # "Attributes" sections as fields, not duplicates of the autodoc members
 
 html_theme = "furo"
 html_title = f"scfmkit {release}"
