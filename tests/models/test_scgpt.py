@@ -164,7 +164,7 @@ def test_same_rng_same_embeddings_any_batching(model, kang):
     sub = np.arange(0, 30, 3)
     np.testing.assert_allclose(model.embed_cells(a[sub].copy(), batch_size=4, rng=7)[0], ref[sub], atol=1e-6, rtol=0)
     # the model input itself is identical, bit for bit
-    t1, t2 = model.tokenize(a, rng=7), model.tokenize(a[sub].copy(), rng=7)
+    t1, t2 = model.tokenize(a, rng=7)[0], model.tokenize(a[sub].copy(), rng=7)[0]
     for j, i in enumerate(sub):
         np.testing.assert_array_equal(t1["tokens"][i], t2["tokens"][j])
         np.testing.assert_array_equal(t1["values"][i], t2["values"][j])
@@ -185,9 +185,9 @@ def test_monotone_transforms_give_same_input(model, cells):
     sc.pp.log1p(lognorm)
     dense = cells.copy()
     dense.X = cells.X.toarray()
-    t0 = model.tokenize(cells)
+    t0, _ = model.tokenize(cells)
     for other in (lognorm, dense):
-        t1 = model.tokenize(other)
+        t1, _ = model.tokenize(other)
         for a, b in zip(t0["values"], t1["values"], strict=True):
             np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(model.embed_cells(cells)[0], model.embed_cells(lognorm)[0])
@@ -219,9 +219,9 @@ def test_no_matching_genes_says_use_gene_key(model, cells):
 
 
 def test_max_length_subsamples_with_cls_kept(model, cells):
-    tok = model.tokenize(cells, max_length=50)
+    tok, tparams = fm.pp.tokenize(cells, model, max_length=50)
     assert all(t.size <= 50 and t[0] == model.cls_id for t in tok["tokens"])
-    assert tok["params"]["n_cells_subsampled"] == int((tok["n_genes"] >= 50).sum()) > 0
+    assert tparams["n_cells_subsampled"] == int((tok["n_genes"] >= 50).sum()) > 0
     emb, params = model.embed_cells(cells, max_length=50, normalize=False)
     assert params["max_length"] == 50
     assert not params["normalize"]
@@ -370,3 +370,23 @@ def test_mudata_rna_modality(model, cells):
     fm.tl.embed(mdata, model, batch_size=4)
     np.testing.assert_allclose(mdata["rna"].obsm["X_scgpt"], model.embed_cells(cells[:8])[0], atol=1e-6)
     assert "rna:X_scgpt" in mdata.obsm
+
+
+def test_pp_bin_scgpt_matches_model_input(model, cells):
+    a = cells[:12].copy()
+    a = a[:, model.match_genes(a)[0] >= 0].copy()  # every gene in the vocabulary: the bins are the model's input
+    before = a.X.copy()
+    out = fm.pp.bin_scgpt(a, rng=3, copy=True)
+    assert "X_binned" not in a.layers
+    assert (a.X != before).nnz == 0
+    binned = out.layers["X_binned"]
+    tok, _ = model.tokenize(a, rng=3)
+    for i in range(a.n_obs):
+        row = binned[i].toarray().ravel()
+        np.testing.assert_array_equal(row[tok["columns"][i]], tok["values"][i][1:])
+        assert (row > 0).sum() == tok["n_genes"][i]
+    assert out.uns["scgpt_binning"]["params"]["rng_seed"] == 3
+    lognorm = a.copy()
+    sc.pp.log1p(lognorm)
+    fm.pp.bin_scgpt(lognorm, rng=3)
+    assert (lognorm.layers["X_binned"] != binned).nnz == 0

@@ -17,16 +17,17 @@ import numpy as np
 from scipy import sparse
 
 from scfmkit._settings import settings
-from scfmkit._utils import check_nonnegative_finite, get_matrix, logger, progress
+from scfmkit._utils import check_nonnegative_finite, get_matrix, get_modality, logger, progress, sanitize_params
 
 from ._base import FoundationModel, ModelSpec, register_model
 
 if TYPE_CHECKING:
     from anndata import AnnData
+    from mudata import MuData
 
     from ._scgpt_model import ScGPTEncoder
 
-__all__ = ["ScGPTModel", "load_scgpt", "write_random_checkpoint"]
+__all__ = ["ScGPTModel", "bin_scgpt", "load_scgpt", "write_random_checkpoint"]
 
 NAME = "scgpt-human"
 PAD_TOKEN = "<pad>"
@@ -227,7 +228,7 @@ class ScGPTModel(FoundationModel):
         gene_key: str | None = None,
         max_length: int | None = None,
         rng: int | np.random.Generator | None = 0,
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Compute scGPT's input for every cell of ``adata`` (reference preprocessing, deterministic).
 
         Genes are matched to the vocabulary by symbol; each cell's non-zero values are binned into
@@ -239,19 +240,21 @@ class ScGPTModel(FoundationModel):
 
         Returns
         -------
-        A dict with ``tokens``, ``values``, ``columns`` (per-cell arrays), ``n_genes`` (non-zero matched genes per
-        cell), ``gene_ids`` (vocabulary id per var, ``-1`` if absent) and ``params``.
+        ``(cells, params)`` (the contract of :func:`scfmkit.pp.tokenize`): ``cells`` holds ``tokens``, ``values``
+        and ``columns`` (per-cell arrays in input order: token ids, input values, ``adata.var`` positions of the
+        genes used), ``n_genes`` (non-zero matched genes per cell) and ``gene_ids`` (vocabulary id per var, ``-1``
+        if absent); ``params`` the gene coverage and preprocessing parameters.
         """
         prep = self._prepare(adata, layer=layer, gene_key=gene_key, max_length=max_length, rng=rng)
         tokens, values, columns = self._tokenize_rows(prep, np.arange(adata.n_obs))
-        return {
+        cells = {
             "tokens": tokens,
             "values": values,
             "columns": columns,
             "n_genes": prep["n_genes"],
             "gene_ids": prep["gene_ids"],
-            "params": prep["params"],
         }
+        return cells, prep["params"]
 
     # ------------------------------------------------------------------ forward passes
 
@@ -443,6 +446,71 @@ class ScGPTModel(FoundationModel):
         params = {**prep["params"], "precision": precision, "batch_size": batch_size, "device": dev}
         params["n_genes_embedded"] = int((counts > 0).sum())
         return out, params
+
+
+def bin_scgpt(
+    adata: AnnData | MuData,
+    *,
+    n_bins: int = 51,
+    layer: str | None = None,
+    rng: int | np.random.Generator | None = 0,
+    mod: str | None = "rna",
+    key_added: str = "X_binned",
+    copy: bool = False,
+) -> AnnData | MuData | None:
+    """Bin each cell's values into scGPT's per-cell quantile bins (the reference ``binning``, reproducible).
+
+    Every non-zero value of a cell gets a bin in ``1 .. n_bins - 1`` from the quantiles of that cell's non-zero
+    values; zeros stay 0. Values lying on several equal bin edges (ties) are spread over those bins with random
+    numbers drawn, per cell, from a generator seeded by ``(rng, obs_name)``, as :func:`scfmkit.tl.embed` does for
+    scGPT. (The model bins only the genes in its vocabulary, so these bins are its input values when every gene of
+    ``adata`` is in the vocabulary.) Bins depend only on each cell's ranks: raw counts, normalised counts and
+    ``log1p`` give the same bins.
+
+    Parameters
+    ----------
+    adata
+        Cells x genes, non-negative and finite (a MuData is used through modality ``mod``).
+    n_bins
+        ``n_bins`` of the model's ``args.json`` (51 for the released checkpoints).
+    layer
+        Layer with the values (default ``adata.X``).
+    rng
+        Seed or generator of the tie-breaking draws.
+    mod
+        Modality of a MuData.
+    key_added
+        Layer to write.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``None``, or a copy when ``copy=True``. Writes ``layers[key_added]`` (CSR float32 bins) and
+    ``uns['scgpt_binning']['params']`` (``n_bins``, ``layer``, ``rng_seed``).
+    """
+    from ._scgpt_preprocess import bin_values, cell_generators
+
+    if n_bins < 3:
+        msg = f"`n_bins` must be at least 3, got {n_bins}."
+        raise ValueError(msg)
+    target = get_modality(adata, mod)
+    X = get_matrix(target, layer)
+    what = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+    check_nonnegative_finite(X, what=what)
+    X = sparse.csr_matrix(X, dtype=np.float32, copy=True)
+    X.sort_indices()
+    base_seed = _base_seed(rng)
+    rngs = cell_generators(base_seed, list(target.obs_names))
+    for i in range(X.shape[0]):
+        lo, hi = X.indptr[i], X.indptr[i + 1]
+        X.data[lo:hi] = bin_values(X.data[lo:hi], n_bins, rngs[i])
+    X.eliminate_zeros()
+    data = adata.copy() if copy else adata
+    out = get_modality(data, mod)
+    out.layers[key_added] = X
+    out.uns["scgpt_binning"] = {"params": sanitize_params({"n_bins": n_bins, "layer": layer, "rng_seed": base_seed})}
+    return data if copy else None
 
 
 # ---------------------------------------------------------------------------------------------------------------
