@@ -85,7 +85,7 @@ def main() -> None:
     t1 = time.perf_counter()
     ours, params = model.embed_cells(cells, batch_size=args.batch_size, max_length=args.max_length)
     t2 = time.perf_counter()
-    lengths = np.minimum(model.tokenize(cells, max_length=args.max_length)["n_genes"] + 1, args.max_length)
+    lengths = np.minimum(model.tokenize(cells, max_length=args.max_length)[0]["n_genes"] + 1, args.max_length)
     rec.record(
         "embed",
         impl="scfmkit",
