@@ -373,12 +373,17 @@ def test_joint_embedding_errors(cite):
     part = md.MuData({"rna": cite["rna"].copy(), "protein": cite["protein"][:50].copy()})
     with pytest.raises(ValueError, match="intersect_obs"):
         fm.tl.joint_embedding(part, rna_key="X_random")
+    with pytest.raises(ValueError, match="WNN needs more cells"):
+        fm.tl.joint_embedding(cite[:12].copy(), rna_key="X_random", n_neighbors=15)
     assert "X_wnn" not in cite.obsm and "X_pca" not in cite["protein"].obsm
 
 
 @pytest.mark.slow
 def test_joint_embedding_wnn(multiome, gf_tiny):
-    """muon's WNN on a Geneformer (random-weight) RNA embedding + ATAC LSI; numba compiles muon's kernels once."""
+    """muon's WNN on a Geneformer (random-weight) RNA embedding + ATAC LSI; numba compiles muon's kernels once.
+
+    120 cells: fewer than muon's default 200 candidate neighbours, which crashed scipy before they were capped.
+    """
     fm.tl.embed(multiome, gf_tiny, mod="rna", batch_size=64)
     fm.tl.joint_embedding(multiome, rna_key="X_geneformer", other="atac", method="wnn", n_comps=10, n_neighbors=10)
     n = multiome.n_obs

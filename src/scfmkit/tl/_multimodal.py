@@ -305,6 +305,12 @@ def joint_embedding(
     if n_comps < 2 or n_neighbors < 2:
         msg = f"`n_comps` and `n_neighbors` must be >= 2, got {n_comps} and {n_neighbors}."
         raise ValueError(msg)
+    if method == "wnn" and mdata.n_obs < max(n_neighbors + 2, n_comps + 3, 10):
+        msg = (
+            f"WNN needs more cells than neighbours and dimensions: {mdata.n_obs} cells for n_neighbors={n_neighbors}, "
+            f"n_comps={n_comps}. Lower them or use method='concat'."
+        )
+        raise ValueError(msg)
 
     data = mdata.copy() if copy else mdata
     seed = _seed(rng)
@@ -358,8 +364,16 @@ def joint_embedding(
             sc.pp.neighbors(ad_m, n_neighbors=n_neighbors, use_rep=rep, key_added=nk, random_state=seed)
             nkeys[m] = nk
         try:
+            # muon's candidate search asks for n_multineighbors + 1 neighbours of every cell; more than there are
+            # cells corrupts memory inside scipy, so both searches are capped by the number of cells
             mu.pp.neighbors(
-                data, neighbor_keys=nkeys, n_neighbors=n_neighbors, key_added=f"{name}_neighbors", random_state=seed
+                data,
+                neighbor_keys=nkeys,
+                n_neighbors=n_neighbors,
+                n_bandwidth_neighbors=min(20, data.n_obs - 2),
+                n_multineighbors=min(200, data.n_obs - 2),
+                key_added=f"{name}_neighbors",
+                random_state=seed,
             )
         finally:
             for ad_m, rep in tmp_keys:
