@@ -398,3 +398,27 @@ def test_joint_embedding_wnn(multiome, gf_tiny):
         assert f"wnn_{m}" in multiome[m].uns and f"wnn_{m}_connectivities" in multiome[m].obsp
     assert "X_lsi" in multiome["atac"].obsm and "atac:X_lsi" in multiome.obsm
     assert "X_lsi_no1" not in multiome["atac"].obsm  # the temporary view is removed
+
+
+def test_diffusion_map_by_hand():
+    from scfmkit.tl._multimodal import _diffusion_map
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 1, (30, 3)), rng.normal(6, 1, (30, 3))])
+    d2 = ((X[:, None] - X[None]) ** 2).sum(-1)
+    W = np.exp(-d2 / 4)
+    np.fill_diagonal(W, 0)
+    emb = _diffusion_map(sparse.csr_matrix(W), 4, 0)
+    # the transition matrix P = D^-1 W: right eigenvectors, largest eigenvalues first, trivial one dropped
+    P = W / W.sum(1, keepdims=True)
+    vals, vecs = np.linalg.eig(P)
+    order = np.argsort(-vals.real)
+    vals, vecs = vals.real[order], vecs.real[:, order]
+    for j in range(4):
+        ref = vecs[:, j + 1] * vals[j + 1]
+        got = emb[:, j]
+        ref = ref / np.linalg.norm(ref) * np.sign(ref[np.abs(ref).argmax()])
+        np.testing.assert_allclose(got / np.linalg.norm(got), ref, atol=1e-4)
+    # eigenvalue-scaled: the columns' diffusion weights decrease
+    assert np.linalg.norm(emb[:, 0]) > 0
+    np.testing.assert_array_equal(_diffusion_map(sparse.csr_matrix(W), 4, 0), emb)  # deterministic

@@ -163,12 +163,34 @@ def _standardise(X: np.ndarray) -> np.ndarray:
     return (X - X.mean(axis=0)) / sd / np.sqrt(X.shape[1])
 
 
-def _spectral(connectivities, n_comps: int, seed: int) -> np.ndarray:
-    """Laplacian eigenmap of a symmetric graph (what UMAP uses to initialise), first trivial vector dropped."""
-    from sklearn.manifold import spectral_embedding
+def _diffusion_map(connectivities, n_comps: int, seed: int) -> np.ndarray:
+    """Diffusion map of a symmetric graph (Coifman & Lafon 2006), one time step, trivial component dropped.
 
-    n = min(n_comps, connectivities.shape[0] - 2)
-    return spectral_embedding(connectivities, n_components=n, random_state=seed, drop_first=True).astype(np.float32)
+    Eigenvectors ``psi`` of the random-walk transition matrix ``D^-1 W`` (from the symmetric ``D^-1/2 W D^-1/2``),
+    each scaled by its eigenvalue, so Euclidean distances approximate diffusion distances on the graph and the smooth
+    (large-eigenvalue) directions weigh most. Signs are fixed so that each column's largest entry is positive.
+    """
+    from scipy import sparse
+    from scipy.sparse.linalg import eigsh
+
+    W = sparse.csr_matrix(connectivities, dtype=np.float64)
+    W = (W + W.T) / 2
+    degree = np.asarray(W.sum(axis=1)).ravel()
+    if (degree == 0).any():
+        msg = f"{int((degree == 0).sum())} cells have no neighbours in the WNN graph."
+        raise ValueError(msg)
+    d_inv_sqrt = sparse.diags(1 / np.sqrt(degree))
+    S = d_inv_sqrt @ W @ d_inv_sqrt
+    k = min(n_comps + 1, W.shape[0] - 2)
+    v0 = np.random.default_rng(seed).uniform(size=W.shape[0])
+    vals, vecs = eigsh(S, k=k, which="LA", v0=v0)
+    order = np.argsort(-vals)
+    vals, vecs = vals[order], vecs[:, order]
+    psi = d_inv_sqrt @ vecs
+    psi = psi[:, 1:] * vals[1:]
+    flip = np.sign(psi[np.abs(psi).argmax(axis=0), np.arange(psi.shape[1])])
+    flip[flip == 0] = 1
+    return (psi * flip).astype(np.float32)
 
 
 def joint_embedding(
@@ -196,9 +218,9 @@ def joint_embedding(
 
     - ``method="wnn"``: per-modality kNN graphs (:func:`scanpy.pp.neighbors` on ``rna_key`` and the other
       embedding) and muon's weighted nearest neighbours (:func:`muon.pp.neighbors`, Hao et al. 2021), which weighs
-      the modalities per cell. A graph is not an embedding, so its Laplacian eigenmap
-      (:func:`sklearn.manifold.spectral_embedding`, ``n_comps`` dimensions) is stored as the joint embedding for
-      embedding-based scores such as :func:`scfmkit.metrics.integration`.
+      the modalities per cell. A graph is not an embedding, so the graph's diffusion map (Coifman & Lafon 2006:
+      ``n_comps`` eigenvectors of its random-walk transition matrix scaled by their eigenvalues, the trivial one
+      dropped) is stored as the joint embedding for embedding-based scores such as :func:`scfmkit.metrics.integration`.
     - ``method="concat"``: each embedding standardised (columns to unit variance, the block to total variance 1, so
       a 512-d foundation-model embedding does not drown a 13-d protein PCA), multiplied by ``weights`` and
       concatenated.
@@ -224,13 +246,13 @@ def joint_embedding(
     layer
         Layer of ``other`` with raw counts (default ``X``), used when its embedding is computed.
     n_comps
-        Dimensions of the WNN eigenmap and at most this many components for the other modality.
+        Dimensions of the WNN diffusion map and at most this many components for the other modality.
     n_neighbors
         Neighbours of the per-modality and the WNN graphs.
     weights
         ``(rna, other)`` block weights of ``method="concat"``.
     rng
-        Seed (PCA/LSI, muon's WNN search, eigenmap).
+        Seed (PCA/LSI, muon's WNN search, diffusion map).
     key_added
         ``mdata.obsm`` key of the joint embedding and prefix of the graph keys (default ``"X_wnn"`` /
         ``"X_concat"``; the graph prefix drops ``X_``).
@@ -384,7 +406,7 @@ def joint_embedding(
         data.obsp[f"{name}_distances"] = data.obsp.pop(dist_key)
         data.uns[f"{name}_neighbors"]["connectivities_key"] = f"{name}_connectivities"
         data.uns[f"{name}_neighbors"]["distances_key"] = f"{name}_distances"
-        joint = _spectral(data.obsp[f"{name}_connectivities"], n_comps, seed)
+        joint = _diffusion_map(data.obsp[f"{name}_connectivities"], n_comps, seed)
         params["n_neighbors"] = n_neighbors
         params["n_comps"] = int(joint.shape[1])
         params["weight_keys"] = [f"{m}:mod_weight" for m in (rna_mod, other)]
