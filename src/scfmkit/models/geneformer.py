@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .._utils import get_matrix, logger, progress
+from .._utils import check_nonnegative_finite, get_matrix, logger, progress
 from ._base import FoundationModel, ModelSpec, register_model
 from ._io import hub_download, load_state_dict, safe_load_pickle, sha256_file
 from ._rank_tokenize import TokenizedCells, rank_value_tokenize
@@ -604,15 +604,7 @@ def _check_values(chunk: sparse.csr_matrix, *, input: str, layer: str | None, of
     if data.size == 0:
         return
     where = "adata.X" if layer is None else f"layers[{layer!r}]"
-    if not np.isfinite(data).all():
-        msg = f"{where} holds NaN or infinite values (rows from {offset}); Geneformer needs raw counts."
-        raise ValueError(msg)
-    if data.min() < 0:
-        msg = (
-            f"{where} holds negative values (rows from {offset}): it looks scaled or centred. Geneformer needs raw "
-            "counts: pass `layer=` with the counts (e.g. `layer='counts'`)."
-        )
-        raise ValueError(msg)
+    check_nonnegative_finite(chunk, what=f"{where} (rows from {offset})")
     if input == "counts" and not np.array_equal(data, np.round(data)):
         msg = (
             f"{where} holds non-integer values (rows from {offset}), so it is not raw counts. Pass `layer=` with the "
