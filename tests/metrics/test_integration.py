@@ -159,3 +159,23 @@ def test_nan_rows_rejected(emb_adata):
     adata.obsm["X_good"][0, 0] = np.nan
     with pytest.raises(ValueError, match="finite"):
         fm.metrics.integration(adata, ["X_good"], batch_key="batch", label_key="cell_type")
+
+
+def test_all_metrics_off_is_an_error(emb_adata):
+    from scib_metrics.benchmark import BatchCorrection, BioConservation
+
+    off_bio = BioConservation(
+        isolated_labels=False, nmi_ari_cluster_labels_kmeans=False, silhouette_label=False, clisi_knn=False
+    )
+    off_batch = BatchCorrection(
+        bras=False, ilisi_knn=False, kbet_per_label=False, graph_connectivity=False, pcr_comparison=False
+    )
+    with pytest.raises(ValueError, match="switched off"):
+        fm.metrics.integration(
+            emb_adata,
+            ["X_good"],
+            batch_key="batch",
+            label_key="cell_type",
+            bio_metrics=off_bio,
+            batch_metrics=off_batch,
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -265,6 +266,11 @@ def integration(
 
     bio = bio_metrics if bio_metrics is not None else BioConservation(silhouette_label={"chunk_size": chunk_size})
     batch = batch_metrics if batch_metrics is not None else BatchCorrection(bras={"chunk_size": chunk_size})
+    # a collection with every metric switched off is "none" for Benchmarker (it would fail on the missing type)
+    bio, batch = (m if any(v is not False for v in asdict(m).values()) else None for m in (bio, batch))
+    if bio is None and batch is None:
+        msg = "Every metric is switched off; enable at least one in `bio_metrics` or `batch_metrics`."
+        raise ValueError(msg)
     res = _tidy(_run_benchmarker(cont, keys, batch_key, label_key, bio, batch, n_jobs, solver, neighbors))
 
     if n_boot:
