@@ -186,6 +186,17 @@ def test_geneformer_perturb(multiome, gf_tiny):
     _assert_same(before, _others(multiome))
 
 
+def test_bin_scgpt(mdata):
+    before = _others(mdata)
+    plain = _rna_copy(mdata)
+    fm.pp.bin_scgpt(mdata, mod="rna")
+    fm.pp.bin_scgpt(plain)
+    got = mdata["rna"].layers["X_binned"]
+    assert (got != plain.layers["X_binned"]).nnz == 0
+    assert "scgpt_binning" in mdata["rna"].uns
+    _assert_same(before, _others(mdata))
+
+
 # --------------------------------------------------------------------------------------------------- baselines
 
 
