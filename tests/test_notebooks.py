@@ -49,7 +49,7 @@ def execute_in_place(path: str | Path, timeout: int = 1200) -> float:
 
 @pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
 def test_notebook_runs(path, monkeypatch):
-    from nbclient.exceptions import CellExecutionError
+    from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
@@ -59,6 +59,8 @@ def test_notebook_runs(path, monkeypatch):
         _execute(path)
     except CellExecutionError as err:
         pytest.fail(f"{path.name} failed:\n{err}", pytrace=False)
+    except CellTimeoutError as err:
+        pytest.fail(f"{path.name} ran past the {TIMEOUT} s notebook limit: {err}", pytrace=False)
     print(f"{path.name}: {time.perf_counter() - t0:.0f} s")
 
 
