@@ -228,22 +228,6 @@ def test_benchmark_norman_subset(shared_dir):
 
 
 @pytest.mark.slow
-def test_benchmark_notebook_executes(tmp_path):
-    """notebooks/perturbation_benchmark.ipynb runs top to bottom (on a copy; the committed outputs stay)."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "notebooks" / "perturbation_benchmark.ipynb"
-    nb = nbformat.read(path, as_version=4)
-    client = nbclient.NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}
-    )
-    client.execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
-    assert not errors
-
-
 # ---------------------------------------------------------------- Geneformer in-silico perturbation
 from scfmkit.tl._perturbation import _null_targets, _perturb_tokens  # noqa: E402
 
