@@ -227,7 +227,6 @@ def test_benchmark_norman_subset(shared_dir):
     assert res["linear"] > res["mean"]
 
 
-@pytest.mark.slow
 # ---------------------------------------------------------------- Geneformer in-silico perturbation
 from scfmkit.tl._perturbation import _null_targets, _perturb_tokens  # noqa: E402
 
