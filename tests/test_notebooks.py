@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
-TIMEOUT = 600  # seconds per notebook
+TIMEOUT = 1500  # seconds per notebook (the heaviest take ~10 min on 2 busy cores)
 
 
 def _execute(path: Path, timeout: int = TIMEOUT):
