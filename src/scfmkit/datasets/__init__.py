@@ -4,7 +4,6 @@ Each loader looks for its file in ``path``, then ``$SCFMKIT_DATA_DIR`` (:attr:`s
 download cache, and downloads it when it has a public address. Every file is checked against its sha256.
 """
 
-from ._registry import DATASETS, fetch, load
 from ._loaders import (
     celltypist_sample,
     kang2018,
@@ -17,6 +16,7 @@ from ._loaders import (
     pbmc_multiome,
 )
 from ._multimodal import pbmc_cite_mudata
+from ._registry import DATASETS, fetch, load
 
 __all__ = [
     "DATASETS",

@@ -1,5 +1,6 @@
 """Metrics: pure array kernels and tidy-DataFrame wrappers (perturbation, integration, label transfer)."""
 
+from ._integration import integration, label_transfer
 from ._perturbation import (
     PERTURBATION_METRICS,
     centroid_accuracy,
@@ -12,5 +13,3 @@ from ._perturbation import (
     spearman_delta,
     top_expressed_genes,
 )
-
-from ._integration import integration, label_transfer

@@ -1,4 +1,4 @@
 """Plots (matplotlib; every function takes ``show``/``return_fig`` like scanpy and pertpy)."""
 
-from ._perturbation import perturbation_metrics, perturbation_scatter
 from ._integration import integration, reference_mapping
+from ._perturbation import perturbation_metrics, perturbation_scatter

@@ -1,7 +1,7 @@
 """Tools: embeddings, baselines, perturbation prediction, reference mapping (AnnData/MuData wrappers)."""
 
-from ._embed import embed, embed_genes
 from ._baselines import baselines
+from ._embed import embed, embed_genes
 from ._mapping import map_to_reference
 from ._multimodal import joint_embedding, modality_embedding
 from ._perturbation import (
