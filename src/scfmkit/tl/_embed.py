@@ -46,8 +46,8 @@ def embed(
         ``"pretrained"`` or ``"random"`` (same architecture and vocabulary, seeded random weights: the
         foundationless control).
     layer
-        Layer holding the values (default ``adata.X``). Geneformer needs raw counts; scGPT accepts any per-cell
-        monotone transform of counts.
+        Layer holding the values (default ``adata.X``). Geneformer needs raw counts (or log1p-normalised values with
+        ``input="lognorm"``); scGPT accepts any per-cell monotone transform of counts.
     gene_key
         ``var`` column with gene ids/symbols (default ``var_names``).
     emb_layer
