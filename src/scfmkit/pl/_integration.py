@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from ._utils import finish
+
 if TYPE_CHECKING:
     from anndata import AnnData
     from matplotlib.axes import Axes
@@ -18,20 +20,6 @@ __all__ = ["integration", "reference_mapping"]
 _AGG = "Aggregate score"
 _TYPE_ORDER = ("Bio conservation", "Batch correction")
 _UNKNOWN = "Unknown"
-
-
-def _finish(fig, show: bool | None, return_fig: bool):
-    import matplotlib.pyplot as plt
-
-    if show is None:
-        show = not return_fig
-    if show:
-        plt.show()
-    if return_fig:
-        return fig
-    if not show:
-        plt.close(fig)
-    return None
 
 
 def integration(
@@ -184,7 +172,7 @@ def integration(
     if lo is not None:
         ax.text(width - 0.05, n_rows + 1.1, "whiskers: bootstrap interval", ha="right", va="center", fontsize=7,
                 color="0.4")  # fmt: skip
-    return _finish(fig, show, return_fig)
+    return finish(fig, show, return_fig)
 
 
 def _embedding(adata: AnnData, key: str, what: str) -> np.ndarray:
@@ -292,4 +280,4 @@ def reference_mapping(
     handles = [mpl.lines.Line2D([], [], ls="", marker="o", color=colors[c], label=c) for c in present]
     ax_pred.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=7)
     fig.tight_layout()
-    return _finish(fig, show, return_fig)
+    return finish(fig, show, return_fig)

@@ -8,25 +8,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from ._utils import finish
+
 if TYPE_CHECKING:
     from anndata import AnnData
     from matplotlib.figure import Figure
 
 __all__ = ["perturbation_metrics", "perturbation_scatter"]
-
-
-def _finish(fig, show: bool | None, return_fig: bool):
-    import matplotlib.pyplot as plt
-
-    if show is None:
-        show = not return_fig
-    if show:
-        plt.show()
-    if return_fig:
-        return fig
-    if not show:
-        plt.close(fig)
-    return None
 
 
 def perturbation_metrics(
@@ -108,7 +96,7 @@ def perturbation_metrics(
         ax.set_title(metric, fontsize=10)
     for ax in axes.ravel()[len(metrics) :]:
         ax.set_visible(False)
-    return _finish(fig, show, return_fig)
+    return finish(fig, show, return_fig)
 
 
 def perturbation_scatter(
@@ -194,4 +182,4 @@ def perturbation_scatter(
             ax.annotate(names[idx][j], (x[j], y[j]), fontsize=7)
         ax.set_xlabel(f"observed change ({condition})")
         ax.set_ylabel("predicted change")
-    return _finish(fig, show, return_fig)
+    return finish(fig, show, return_fig)
