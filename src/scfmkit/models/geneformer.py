@@ -262,6 +262,11 @@ class GeneformerModel(FoundationModel):
             id_type=gene_id_type,
         )
 
+    def match_adata(self, adata: AnnData, *, gene_key: str | None = None, gene_id_type: str = "auto") -> GeneMatch:
+        """:meth:`match_genes` on ``adata.var_names`` or the ``var`` column ``gene_key``."""
+        genes = adata.var_names if gene_key is None else _var_column(adata, gene_key)
+        return self.match_genes(genes, gene_id_type=gene_id_type)
+
     # ------------------------------------------------------------------ tokens
     def iter_tokenize(
         self,
@@ -281,8 +286,7 @@ class GeneformerModel(FoundationModel):
         if input not in {"counts", "lognorm"}:
             msg = f"`input` must be 'counts' or 'lognorm', got {input!r}."
             raise ValueError(msg)
-        genes = adata.var_names if gene_key is None else _var_column(adata, gene_key)
-        match = match or self.match_genes(genes, gene_id_type=gene_id_type)
+        match = match or self.match_adata(adata, gene_key=gene_key, gene_id_type=gene_id_type)
         if match.n_matched_vars == 0:
             msg = (
                 f"None of the {adata.n_vars} genes match {self.name}'s vocabulary (read as {match.id_type}s"
@@ -332,8 +336,9 @@ class GeneformerModel(FoundationModel):
 
     def tokenize(self, adata: AnnData, **kwargs: Any) -> tuple[TokenizedCells, dict[str, Any]]:
         """Tokenise all cells; returns the tokens (input order) and gene-coverage statistics."""
-        genes = adata.var_names if kwargs.get("gene_key") is None else _var_column(adata, kwargs["gene_key"])
-        match = self.match_genes(genes, gene_id_type=kwargs.pop("gene_id_type", "auto"))
+        match = self.match_adata(
+            adata, gene_key=kwargs.get("gene_key"), gene_id_type=kwargs.pop("gene_id_type", "auto")
+        )
         parts, total, matched = [], 0.0, 0.0
         for _, tokens, stats in self.iter_tokenize(adata, match=match, **kwargs):
             parts.append(tokens)
@@ -500,8 +505,7 @@ class GeneformerModel(FoundationModel):
         if pooling == "cls" and not self.vocab.special_tokens:
             msg = f"{self.name} has no <cls> token (Geneformer V1); use `pooling='mean'` or a V2 model."
             raise ValueError(msg)
-        genes = adata.var_names if gene_key is None else _var_column(adata, gene_key)
-        match = self.match_genes(genes, gene_id_type=gene_id_type)
+        match = self.match_adata(adata, gene_key=gene_key, gene_id_type=gene_id_type)
         out = np.empty((adata.n_obs, self.config.hidden_size), np.float32)
         total = matched = 0.0
         chunks = self.iter_tokenize(
@@ -549,8 +553,7 @@ class GeneformerModel(FoundationModel):
         chunk_size: int = 4096,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Gene embeddings in ``adata.var`` order (see :func:`scfmkit.tl.embed_genes`)."""
-        genes = adata.var_names if gene_key is None else _var_column(adata, gene_key)
-        match = self.match_genes(genes, gene_id_type=gene_id_type)
+        match = self.match_adata(adata, gene_key=gene_key, gene_id_type=gene_id_type)
         h = self.config.hidden_size
         if kind == "token":
             table = self._state_dict_tensor("embeddings.word_embeddings.weight").float().numpy()
