@@ -71,6 +71,9 @@ def main() -> None:
     big_path = work / f"tokenize_{n_tok}.h5ad"
     if not big_path.exists():
         big.write_h5ad(big_path)
+    # compile the tokeniser's kernels first (numba caches them on disk, so only a fresh install pays this once)
+    fm.pp.tokenize(cells, model)
+    fm.pp.tokenize(ad.read_h5ad(SHARED / "data" / "celltypist_sample_counts_559cells.h5ad", backed="r"), model)
     t = time.perf_counter()
     tokens, _ = fm.pp.tokenize(ad.read_h5ad(big_path), model)
     ours = time.perf_counter() - t
@@ -81,6 +84,17 @@ def main() -> None:
         n_cells=n_tok,
         seconds=round(ours, 2),
         cells_per_s=round(n_tok / ours),
+    )
+    t = time.perf_counter()
+    fm.pp.tokenize(ad.read_h5ad(big_path, backed="r"), model)
+    backed = time.perf_counter() - t
+    rec.record(
+        "tokenize",
+        impl="scfmkit",
+        source="h5ad file, backed",
+        n_cells=n_tok,
+        seconds=round(backed, 2),
+        cells_per_s=round(n_tok / backed),
     )
     t = time.perf_counter()
     fm.pp.tokenize(big, model)
@@ -103,6 +117,7 @@ def main() -> None:
             seconds=round(ref["seconds"], 2),
             cells_per_s=round(n_tok / ref["seconds"]),
             speedup=round(ref["seconds"] / ours, 1),
+            speedup_backed=round(ref["seconds"] / backed, 1),
         )
         same = ref.get("checksum") == int(tokens.input_ids.astype(np.int64).sum())
         rec.record("tokenize_identical_checksum", value=same)

@@ -51,6 +51,69 @@ def test_rank_value_ties_keep_column_order():
     assert out[0].tolist() == [8, 5, 6, 7]
 
 
+def _oracle(counts, n_counts, medians, tokens, column, max_genes):
+    """The reference's arithmetic in plain numpy and a stable sort per cell: what the compiled kernel must equal."""
+    counts = counts.tocsr().sorted_indices()
+    recip = np.true_divide(1.0, n_counts)
+    dt = np.result_type(counts.dtype, recip.dtype)
+    out = []
+    for i in range(counts.shape[0]):
+        lo, hi = counts.indptr[i], counts.indptr[i + 1]
+        col = column[counts.indices[lo:hi]]
+        x = counts.data[lo:hi][col >= 0].astype(dt)
+        col = col[col >= 0]
+        v = (x * recip[i].astype(dt) * dt.type(10_000)).astype(np.float64) * np.true_divide(1.0, medians[col])
+        keep = v != 0
+        order = np.argsort(-v[keep], kind="stable")[:max_genes]
+        out.append(tokens[col[keep][order]])
+    return out
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int32, np.int64])
+@pytest.mark.parametrize("totals", ["float32", "float64", "int64"])
+def test_rank_value_tokenize_matches_oracle(dtype, totals):
+    # tie-heavy integer counts, shared medians, explicit zeros, unsorted indices, unmatched columns, truncation
+    rng = np.random.default_rng(7)
+    dense = rng.poisson(0.8, size=(60, 300)) * (rng.random((60, 300)) < 0.6)
+    dense[5] = 0
+    dense[5, 3] = 2  # a cell with one gene
+    counts = sparse.csr_matrix(dense.astype(dtype))
+    counts.data[::17] = 0  # explicit zeros are dropped
+    counts = sparse.csr_matrix((counts.data, counts.indices, counts.indptr), shape=counts.shape)
+    perm = [rng.permutation(np.arange(lo, hi)) for lo, hi in zip(counts.indptr[:-1], counts.indptr[1:], strict=True)]
+    perm = np.concatenate(perm)
+    unsorted = sparse.csr_matrix((counts.data[perm], counts.indices[perm], counts.indptr), shape=counts.shape)
+    column = np.full(300, -1, np.int64)
+    matched = np.sort(rng.choice(300, 250, replace=False))
+    column[matched] = np.arange(250)
+    medians = rng.choice([0.5, 1.0, 1.5, 3.0, 1.0 + 2**-40], 250)
+    tokens = rng.permutation(250) + 7
+    n_counts = (np.asarray(counts.sum(1)).ravel() + 5).astype(totals)
+    for max_genes in (1, 40, 4096):
+        got = rank_value_tokenize(
+            unsorted, n_counts, medians, tokens, max_genes=max_genes, column=column, cls_token=1, eos_token=2
+        )
+        want = _oracle(counts, n_counts, medians, tokens, column, max_genes)
+        for i in range(60):
+            assert got[i][1:-1].tolist() == want[i].tolist(), (i, max_genes)
+            assert got[i][0] == 1 and got[i][-1] == 2
+
+
+def test_rank_value_tokenize_large_cells_and_near_ties():
+    # values that agree in their upper 32 bits and differ below (the radix sort's second stage), many genes per cell
+    rng = np.random.default_rng(3)
+    n_genes = 6000
+    medians = 1.0 + rng.integers(0, 4, n_genes) * 2.0**-45  # nearly equal medians: equal upper halves
+    counts = sparse.csr_matrix(rng.integers(1, 3, size=(3, n_genes)).astype(np.float64))
+    n_counts = np.asarray(counts.sum(1)).ravel()
+    tokens = np.arange(n_genes) + 40_000  # int32 token ids
+    got = rank_value_tokenize(counts, n_counts, medians, tokens, max_genes=5000)
+    want = _oracle(counts, n_counts, medians, tokens, np.arange(n_genes), 5000)
+    assert got.input_ids.dtype == np.int32
+    for i in range(3):
+        assert got[i].tolist() == want[i].tolist()
+
+
 # ---------------------------------------------------------------- loading
 def test_variant_from_dictionaries_not_folder_name(gf_v2_dir, tmp_path):
     misleading = tmp_path / "geneformer-v1-looking"

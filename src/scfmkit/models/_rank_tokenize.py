@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-__all__ = ["TokenizedCells", "rank_value_tokenize"]
+__all__ = ["TokenizedCells", "rank_value_tokenize", "rank_value_tokenize_counts"]
 
 TARGET_SUM = 10_000
 
@@ -46,25 +46,6 @@ class TokenizedCells:
         return cls(ids, offsets)
 
 
-def normalise_for_ranking(counts: sparse.csr_matrix, n_counts: np.ndarray, medians: np.ndarray) -> sparse.csr_matrix:
-    """``counts / n_counts * 10,000 / medians`` on the stored entries, bit for bit as the reference computes it.
-
-    The reference evaluates ``X / n_counts * 10000 / medians`` on a scipy sparse matrix, which divides by a dense
-    array as a multiplication by its reciprocal. So the value is ``x * (1 / n_counts)`` and ``* 10000`` in the
-    common dtype of the counts and ``n_counts`` (float32 data with float32 totals stays float32), then
-    ``* (1 / median)`` in float64. The exact rounding matters: it decides the order of nearly equal genes.
-    Entries that are zero are dropped.
-    """
-    recip = np.true_divide(1.0, n_counts)
-    dt = np.result_type(counts.dtype, recip.dtype)
-    vals = counts.data.astype(dt, copy=False) * np.repeat(recip.astype(dt, copy=False), np.diff(counts.indptr))
-    vals *= dt.type(TARGET_SUM)
-    vals = vals.astype(np.float64, copy=False) * np.true_divide(1.0, medians)[counts.indices]
-    out = sparse.csr_matrix((vals, counts.indices, counts.indptr), shape=counts.shape)
-    out.eliminate_zeros()
-    return out
-
-
 def rank_value_tokenize(
     counts: sparse.csr_matrix,
     n_counts: np.ndarray,
@@ -74,59 +55,99 @@ def rank_value_tokenize(
     max_genes: int,
     cls_token: int | None = None,
     eos_token: int | None = None,
+    column: np.ndarray | None = None,
 ) -> TokenizedCells:
     """Rank-value encode cells.
 
     Parameters
     ----------
     counts
-        Cells x matched genes (CSR), raw counts; one column per token (duplicates already summed).
+        Cells x genes (CSR), raw counts; at most one column per token (duplicates already summed).
     n_counts
         Total counts of each cell over all its genes (also those the model lacks).
     medians
-        Non-zero median of each column's gene in the pretraining corpus (float64).
+        Non-zero median of each token column's gene in the pretraining corpus (float64).
     token_ids
-        Token id of each column.
+        Token id of each token column.
     max_genes
         Keep at most this many genes per cell (the model input size minus special tokens).
     cls_token, eos_token
         Prepended/appended special tokens (Geneformer V2).
+    column
+        Token column of each column of ``counts`` (-1: no token), increasing over the matched columns; by default
+        column ``j`` of ``counts`` is token column ``j``. Selecting the matched genes this way avoids a copy.
 
     Returns
     -------
     The token ids of every cell, genes in descending order of normalised value; ties keep column order (stable).
     """
+    return rank_value_tokenize_counts(
+        counts,
+        n_counts,
+        medians,
+        token_ids,
+        max_genes=max_genes,
+        cls_token=cls_token,
+        eos_token=eos_token,
+        column=column,
+    )[0]
+
+
+def rank_value_tokenize_counts(
+    counts: sparse.csr_matrix,
+    n_counts: np.ndarray,
+    medians: np.ndarray,
+    token_ids: np.ndarray,
+    *,
+    max_genes: int,
+    cls_token: int | None = None,
+    eos_token: int | None = None,
+    column: np.ndarray | None = None,
+) -> tuple[TokenizedCells, np.ndarray, np.ndarray]:
+    """:func:`rank_value_tokenize`, also returning each cell's number of ranked genes and its matched counts.
+
+    The value of a gene is ``counts / n_counts * 10,000 / median``, computed bit for bit as the reference does: it
+    evaluates that on a scipy sparse matrix, which divides by a dense array as a multiplication by its reciprocal.
+    So the value is ``x * (1 / n_counts) * 10000`` in the common dtype of the counts and ``n_counts`` (float32 data
+    with float32 totals stays float32), then ``* (1 / median)`` in float64. The exact rounding matters: it decides
+    the order of nearly equal genes. Entries whose value is zero are dropped.
+    """
+    from . import _rank_kernels
+
+    n_counts = np.asarray(n_counts).ravel()
     if np.any(n_counts <= 0):
         bad = int(np.flatnonzero(n_counts <= 0)[0])
         msg = f"Cell {bad} has total counts <= 0; remove empty cells (e.g. `sc.pp.filter_cells(adata, min_counts=1)`)."
         raise ValueError(msg)
-    counts = counts.tocsr()
+    counts = sparse.csr_matrix(counts) if not isinstance(counts, sparse.csr_matrix) else counts
     if not counts.has_sorted_indices:  # ties are broken by column order
         counts = counts.sorted_indices()
-    norm = normalise_for_ranking(counts, np.asarray(n_counts).ravel(), medians)
-    n = norm.shape[0]
-    lengths = np.minimum(np.diff(norm.indptr), max_genes)
-    head = int(cls_token is not None)
+    if column is None:
+        column = np.arange(counts.shape[1], dtype=np.int64)
+    n = counts.shape[0]
+    recip = np.true_divide(1.0, n_counts)
+    dt = np.result_type(counts.dtype, recip.dtype)
+    arrays = (
+        counts.data.astype(dt, copy=False),
+        counts.indices,
+        counts.indptr,
+        np.asarray(column, np.int64),
+        recip.astype(dt, copy=False),
+        dt.type(TARGET_SUM),
+        np.true_divide(1.0, np.asarray(medians, np.float64)),
+    )
+    kept = np.empty(n, np.int64)
+    matched = np.empty(n, np.float64)
+    _rank_kernels.count_kept(*arrays, kept, matched)
+    head, tail = int(cls_token is not None), int(eos_token is not None)
     offsets = np.zeros(n + 1, np.int64)
-    np.cumsum(lengths + head + int(eos_token is not None), out=offsets[1:])
-    largest = max(int(token_ids.max(initial=0)), cls_token or 0, eos_token or 0)
+    np.cumsum(np.minimum(kept, max_genes) + head + tail, out=offsets[1:])
+    largest = max(int(np.max(token_ids, initial=0)), cls_token or 0, eos_token or 0)
     ids = np.empty(offsets[-1], np.int16 if largest < np.iinfo(np.int16).max else np.int32)
-    data, indices, indptr = norm.data, norm.indices, norm.indptr
-    cell_tokens = token_ids.astype(ids.dtype)
-    for i in range(n):
-        lo, hi = indptr[i], indptr[i + 1]
-        # descending order of one cell, ties in column order (a stable sort); numpy's default sort is about twice
-        # as fast on real cells, so use it and fall back to the stable sort only when the cell has tied values
-        neg = -data[lo:hi]
-        top = np.argsort(neg)
-        ranked = neg[top]
-        if (ranked[1:] == ranked[:-1]).any():
-            top = np.argsort(neg, kind="stable")
-        top = top[:max_genes]
-        start = offsets[i] + head
-        ids[start : start + len(top)] = cell_tokens[indices[lo:hi][top]]
+    token_of_col = np.asarray(token_ids).astype(ids.dtype)
+    _rank_kernels.rank(*arrays, kept, token_of_col, offsets, head, max_genes, ids)
     if cls_token is not None:
         ids[offsets[:-1]] = cls_token
     if eos_token is not None:
         ids[offsets[1:] - 1] = eos_token
-    return TokenizedCells(ids, offsets)
+    return TokenizedCells(ids, offsets), kept, matched

@@ -22,7 +22,7 @@ from scipy import sparse
 from .._utils import check_nonnegative_finite, get_matrix, logger, progress
 from ._base import FoundationModel, ModelSpec, register_model
 from ._io import hub_download, load_state_dict, safe_load_pickle, sha256_file
-from ._rank_tokenize import TokenizedCells, rank_value_tokenize
+from ._rank_tokenize import TokenizedCells, rank_value_tokenize_counts
 
 if TYPE_CHECKING:
     import torch
@@ -136,11 +136,15 @@ class GeneMatch:
         """Number of ``var`` entries that map to a token."""
         return int((self.column >= 0).sum())
 
+    @property
+    def has_duplicates(self) -> bool:
+        """Whether several ``var`` entries map to the same token (their counts are then summed)."""
+        return self.n_matched_vars > len(self.token_ids)
+
     def gather(self, X: sparse.csr_matrix) -> sparse.csr_matrix:
         """Cells x matched genes: the columns of ``X`` that map to a token, duplicates summed, indices sorted."""
-        rows = np.flatnonzero(self.column >= 0)
-        if len(rows) == len(self.token_ids):  # no duplicates: plain column selection keeps var order (fast)
-            return X[:, rows]
+        if not self.has_duplicates:  # plain column selection keeps var order
+            return X[:, np.flatnonzero(self.column >= 0)]
         return (X @ self.aggregation_matrix()).tocsr().sorted_indices()
 
     def aggregation_matrix(self) -> sparse.csr_matrix:
@@ -304,16 +308,26 @@ class GeneformerModel(FoundationModel):
         max_genes = self.input_size - (2 if special else 0)
         for start in range(0, adata.n_obs, chunk_size):
             rows = slice(start, min(start + chunk_size, adata.n_obs))
-            chunk = X[rows]
-            chunk = sparse.csr_matrix(chunk) if not sparse.issparse(chunk) else chunk.tocsr()
+            chunk = _row_block(X, rows)
             _check_values(chunk, input=input, layer=layer, offset=start)
             if input == "lognorm":
                 chunk = chunk.copy()
                 chunk.data = np.expm1(chunk.data.astype(np.float64))
             row_total = np.asarray(chunk.sum(axis=1)).ravel()  # scipy keeps float32 sums float32, as the reference
             n_counts = n_counts_obs[rows] if n_counts_obs is not None else row_total
-            matched = match.gather(chunk)
-            empty = np.flatnonzero(np.diff(matched.indptr) == 0)
+            # without duplicated genes the kernel reads the matched columns in place (no copy of the chunk)
+            counts, column = (match.gather(chunk), None) if match.has_duplicates else (chunk, match.column)
+            tokens, kept, matched = rank_value_tokenize_counts(
+                counts,
+                n_counts,
+                match.medians,
+                match.token_ids,
+                max_genes=max_genes,
+                cls_token=cls_id,
+                eos_token=eos_id,
+                column=column,
+            )
+            empty = np.flatnonzero(kept == 0)
             if len(empty):
                 names = list(adata.obs_names[start + empty[:5]])
                 msg = (
@@ -322,15 +336,6 @@ class GeneformerModel(FoundationModel):
                     "`fm.pp.align_genes` coverage > 0 or `sc.pp.filter_cells(adata, min_genes=...)`."
                 )
                 raise ValueError(msg)
-            tokens = rank_value_tokenize(
-                matched,
-                n_counts,
-                match.medians,
-                match.token_ids,
-                max_genes=max_genes,
-                cls_token=cls_id,
-                eos_token=eos_id,
-            )
             stats = {"total": float(row_total.sum()), "matched": float(matched.sum())}
             yield rows, tokens, stats
 
@@ -595,6 +600,20 @@ class GeneformerModel(FoundationModel):
         raise KeyError(msg)
 
 
+def _row_block(X: Any, rows: slice) -> sparse.csr_matrix:
+    """Rows of ``X`` as CSR; an in-memory CSR gives a read-only view of its arrays (no copy)."""
+    if isinstance(X, sparse.csr_matrix | sparse.csr_array) and X.has_canonical_format:
+        lo, hi = X.indptr[rows.start], X.indptr[rows.stop]
+        data, indices = X.data[lo:hi], X.indices[lo:hi]
+        data.flags.writeable = indices.flags.writeable = False  # views of the caller's matrix
+        # set the arrays on an empty matrix of the right shape: scipy's constructor would copy views of a large base
+        out = sparse.csr_matrix((rows.stop - rows.start, X.shape[1]), dtype=X.dtype)
+        out.data, out.indices, out.indptr = data, indices, X.indptr[rows.start : rows.stop + 1] - lo
+        return out
+    chunk = X[rows]
+    return sparse.csr_matrix(chunk) if not sparse.issparse(chunk) else chunk.tocsr()
+
+
 def _var_column(adata: AnnData, key: str) -> pd.Index:
     if key not in adata.var:
         msg = f"`gene_key={key!r}` is not a column of adata.var (columns: {list(adata.var.columns)})."
@@ -606,18 +625,22 @@ def _check_values(chunk: sparse.csr_matrix, *, input: str, layer: str | None, of
     data = chunk.data
     if data.size == 0:
         return
+    from ._rank_kernels import summarize
+
     where = "adata.X" if layer is None else f"layers[{layer!r}]"
-    check_nonnegative_finite(chunk, what=f"{where} (rows from {offset})")
-    if input == "counts" and not np.array_equal(data, np.round(data)):
+    n_not_finite, low, high, n_fractional = summarize(data)  # one compiled pass instead of four numpy ones
+    if n_not_finite or low < 0:
+        check_nonnegative_finite(chunk, what=f"{where} (rows from {offset})")  # raises, with the fix
+    if input == "counts" and n_fractional:
         msg = (
             f"{where} holds non-integer values (rows from {offset}), so it is not raw counts. Pass `layer=` with the "
             "raw counts, or, for log1p-normalised values, `input='lognorm'` (Geneformer's ranking is invariant to a "
             "per-cell scale, so expm1 of log1p(CP10k) data ranks genes identically to the counts)."
         )
         raise ValueError(msg)
-    if input == "lognorm" and data.max() > 30:
+    if input == "lognorm" and high > 30:
         msg = (
-            f"{where} has values up to {data.max():.0f}, too large for log-normalised data. If these are raw counts "
+            f"{where} has values up to {high:.0f}, too large for log-normalised data. If these are raw counts "
             "use `input='counts'` (the default)."
         )
         raise ValueError(msg)
