@@ -75,14 +75,18 @@ def main() -> None:
     fm.pp.tokenize(cells, model)
     fm.pp.tokenize(ad.read_h5ad(SHARED / "data" / "celltypist_sample_counts_559cells.h5ad", backed="r"), model)
     t = time.perf_counter()
-    tokens, _ = fm.pp.tokenize(ad.read_h5ad(big_path), model)
+    loaded = ad.read_h5ad(big_path)
+    read = time.perf_counter() - t
+    tokens, _ = fm.pp.tokenize(loaded, model)
     ours = time.perf_counter() - t
+    del loaded
     rec.record(
         "tokenize",
         impl="scfmkit",
-        source="h5ad file",
+        source="h5ad file, read into memory",
         n_cells=n_tok,
         seconds=round(ours, 2),
+        of_which_read_h5ad=round(read, 2),
         cells_per_s=round(n_tok / ours),
     )
     t = time.perf_counter()
@@ -116,8 +120,9 @@ def main() -> None:
             n_cells=n_tok,
             seconds=round(ref["seconds"], 2),
             cells_per_s=round(n_tok / ref["seconds"]),
-            speedup=round(ref["seconds"] / ours, 1),
-            speedup_backed=round(ref["seconds"] / backed, 1),
+            speedup_backed=round(ref["seconds"] / backed, 1),  # like for like: the reference reads backed too
+            speedup_read_into_memory=round(ref["seconds"] / ours, 1),
+            speedup_in_memory=round(ref["seconds"] / in_memory, 1),
         )
         same = ref.get("checksum") == int(tokens.input_ids.astype(np.int64).sum())
         rec.record("tokenize_identical_checksum", value=same)
