@@ -334,6 +334,25 @@ def test_backed_h5ad_streams_in_chunks(v1, small, tmp_path):
     np.testing.assert_allclose(emb, ref, atol=2e-5)
 
 
+@pytest.mark.parametrize("model", ["v1", "v2"])
+def test_tokens_same_in_memory_backed_dense_and_chunked(model, small, tmp_path, request):
+    m = request.getfixturevalue(model)
+    path = tmp_path / "cells.h5ad"
+    small.write_h5ad(path)
+    want, _ = m.tokenize(small)
+    dense = small.copy()
+    dense.X = dense.X.toarray()
+    chunks = [t for _, t, _ in m.iter_tokenize(small, chunk_size=5)]
+    for got in (
+        m.tokenize(ad.read_h5ad(path, backed="r"))[0],
+        m.tokenize(dense)[0],
+        m.tokenize(small, chunk_size=3)[0],
+        fm.models.geneformer.TokenizedCells.concatenate(chunks),
+    ):
+        np.testing.assert_array_equal(got.offsets, want.offsets)
+        np.testing.assert_array_equal(got.input_ids, want.input_ids)
+
+
 def test_bf16_close_to_fp32(v1, small):
     a = fm.tl.embed(small, v1, copy=True).obsm["X_geneformer"]
     b = fm.tl.embed(small, v1, precision="bfloat16", copy=True).obsm["X_geneformer"]

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 
-__all__ = ["TokenizedCells", "rank_value_tokenize", "rank_value_tokenize_counts"]
+__all__ = ["TokenizedCells", "rank_value_tokenize", "rank_value_tokenize_counts", "token_dtype"]
 
 TARGET_SUM = 10_000
 
@@ -44,6 +44,12 @@ class TokenizedCells:
         offsets = np.zeros(len(lengths) + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
         return cls(ids, offsets)
+
+
+def token_dtype(token_ids: np.ndarray, cls_token: int | None = None, eos_token: int | None = None) -> np.dtype:
+    """The smallest integer dtype of the token ids: int16 for Geneformer's vocabularies (< 32,767), else int32."""
+    largest = max(int(np.max(token_ids, initial=0)), cls_token or 0, eos_token or 0)
+    return np.dtype(np.int16 if largest < np.iinfo(np.int16).max else np.int32)
 
 
 def rank_value_tokenize(
@@ -103,8 +109,11 @@ def rank_value_tokenize_counts(
     cls_token: int | None = None,
     eos_token: int | None = None,
     column: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> tuple[TokenizedCells, np.ndarray, np.ndarray]:
     """:func:`rank_value_tokenize`, also returning each cell's number of ranked genes and its matched counts.
+
+    With ``out`` (of dtype :func:`token_dtype`) the token ids are written to its start and returned as a view of it.
 
     The value of a gene is ``counts / n_counts * 10,000 / median``, computed bit for bit as the reference does: it
     evaluates that on a scipy sparse matrix, which divides by a dense array as a multiplication by its reciprocal.
@@ -142,8 +151,14 @@ def rank_value_tokenize_counts(
     head, tail = int(cls_token is not None), int(eos_token is not None)
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(np.minimum(kept, max_genes) + head + tail, out=offsets[1:])
-    largest = max(int(np.max(token_ids, initial=0)), cls_token or 0, eos_token or 0)
-    ids = np.empty(offsets[-1], np.int16 if largest < np.iinfo(np.int16).max else np.int32)
+    dtype = token_dtype(token_ids, cls_token, eos_token)
+    if out is None:
+        ids = np.empty(offsets[-1], dtype)
+    elif out.dtype != dtype or len(out) < offsets[-1]:
+        msg = f"`out` must be a {dtype} array of at least {offsets[-1]} entries, got {out.dtype} of {len(out)}."
+        raise ValueError(msg)
+    else:
+        ids = out[: offsets[-1]]
     token_of_col = np.asarray(token_ids).astype(ids.dtype)
     _rank_kernels.rank(*arrays, kept, token_of_col, offsets, head, max_genes, ids)
     if cls_token is not None:

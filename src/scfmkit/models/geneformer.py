@@ -22,7 +22,7 @@ from scipy import sparse
 from .._utils import check_nonnegative_finite, get_matrix, logger, progress
 from ._base import FoundationModel, ModelSpec, register_model
 from ._io import hub_download, load_state_dict, safe_load_pickle, sha256_file
-from ._rank_tokenize import TokenizedCells, rank_value_tokenize_counts
+from ._rank_tokenize import TokenizedCells, rank_value_tokenize_counts, token_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -282,10 +282,13 @@ class GeneformerModel(FoundationModel):
         input: str = "counts",
         chunk_size: int = 2048,
         match: GeneMatch | None = None,
+        out: np.ndarray | None = None,
     ) -> Iterator[tuple[slice, TokenizedCells, dict[str, float]]]:
         """Tokenise ``adata`` chunk by chunk (works on backed AnnData with bounded memory).
 
-        Yields ``(rows, tokens, stats)`` where ``stats`` holds the chunk's total and matched counts.
+        Yields ``(rows, tokens, stats)`` where ``stats`` holds the chunk's total and matched counts. With ``out``
+        (an array large enough for all cells, as :meth:`tokenize` makes) the chunks' token ids are written one after
+        another into it instead of into a new array each.
         """
         if input not in {"counts", "lognorm"}:
             msg = f"`input` must be 'counts' or 'lognorm', got {input!r}."
@@ -306,6 +309,7 @@ class GeneformerModel(FoundationModel):
         cls_id = self.vocab.token_dict["<cls>"] if special else None
         eos_id = self.vocab.token_dict["<eos>"] if special else None
         max_genes = self.input_size - (2 if special else 0)
+        written = 0
         for start in range(0, adata.n_obs, chunk_size):
             rows = slice(start, min(start + chunk_size, adata.n_obs))
             chunk = _row_block(X, rows)
@@ -326,7 +330,9 @@ class GeneformerModel(FoundationModel):
                 cls_token=cls_id,
                 eos_token=eos_id,
                 column=column,
+                out=None if out is None else out[written:],
             )
+            written += len(tokens.input_ids)
             empty = np.flatnonzero(kept == 0)
             if len(empty):
                 names = list(adata.obs_names[start + empty[:5]])
@@ -344,12 +350,26 @@ class GeneformerModel(FoundationModel):
         match = self.match_adata(
             adata, gene_key=kwargs.get("gene_key"), gene_id_type=kwargs.pop("gene_id_type", "auto")
         )
+        # one array for all cells' tokens, sized from the stored entries per cell, that the chunks are written into
+        # (its unused end is never touched, so it costs no memory); else a copy of every chunk at the end
+        special = 2 * self.vocab.special_tokens
+        nnz = _stored_per_row(get_matrix(adata, kwargs.get("layer")))
+        out = None
+        if nnz is not None:
+            dtype = token_dtype(match.token_ids, self.vocab.token_dict.get("<cls>"), self.vocab.token_dict.get("<eos>"))
+            out = np.empty(int(np.minimum(nnz, self.input_size - special).sum()) + special * adata.n_obs, dtype)
         parts, total, matched = [], 0.0, 0.0
-        for _, tokens, stats in self.iter_tokenize(adata, match=match, **kwargs):
+        for _, tokens, stats in self.iter_tokenize(adata, match=match, out=out, **kwargs):
             parts.append(tokens)
             total += stats["total"]
             matched += stats["matched"]
-        return TokenizedCells.concatenate(parts), self._coverage(adata.n_vars, match, total, matched)
+        coverage = self._coverage(adata.n_vars, match, total, matched)
+        if out is None:
+            return TokenizedCells.concatenate(parts), coverage
+        lengths = np.concatenate([p.lengths for p in parts]) if parts else np.zeros(0, np.int64)
+        offsets = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return TokenizedCells(out[: offsets[-1]], offsets), coverage
 
     @staticmethod
     def _coverage(n_vars: int, match: GeneMatch, total: float, matched: float) -> dict[str, Any]:
@@ -598,6 +618,15 @@ class GeneformerModel(FoundationModel):
                 return self._state_dict[key]
         msg = f"The checkpoint has no {suffix}."
         raise KeyError(msg)
+
+
+def _stored_per_row(X: Any) -> np.ndarray | None:
+    """Stored entries per row of a CSR matrix, in memory or backed (``None`` for other layouts)."""
+    if isinstance(X, sparse.csr_matrix | sparse.csr_array):
+        return np.diff(X.indptr)
+    if getattr(X, "format", None) == "csr" and hasattr(X, "group"):  # anndata's backed CSR dataset
+        return np.diff(X.group["indptr"][:])
+    return None
 
 
 def _row_block(X: Any, rows: slice) -> sparse.csr_matrix:
