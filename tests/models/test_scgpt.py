@@ -173,6 +173,26 @@ def test_same_rng_same_embeddings_any_batching(model, kang):
     assert not np.allclose(model.embed_cells(a, rng=8)[0], ref)
 
 
+def test_backed_h5ad_streams_in_chunks(model, kang, tmp_path):
+    a = kang[:25].copy()
+    path = tmp_path / "cells.h5ad"
+    a.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    emb, params = model.embed_cells(a, batch_size=4, rng=3)
+    emb_b, params_b = model.embed_cells(backed, batch_size=4, rng=3, chunk_size=7)
+    np.testing.assert_allclose(emb_b, emb, atol=1e-6, rtol=0)
+    assert params_b == params
+    tok, tok_b = model.tokenize(a, rng=3)[0], model.tokenize(backed, rng=3, chunk_size=6)[0]
+    for key in ("tokens", "values", "columns"):
+        for x, y in zip(tok[key], tok_b[key], strict=True):
+            np.testing.assert_array_equal(x, y)
+    genes = model.embed_genes(a, batch_size=5)[0]
+    genes_b = model.embed_genes(backed, batch_size=5, chunk_size=10)[0]
+    np.testing.assert_allclose(genes_b, genes, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="chunk_size"):
+        model.embed_cells(backed, chunk_size=0)
+
+
 def test_generator_rng_is_reproducible(model, cells):
     a = model.embed_cells(cells, rng=np.random.default_rng(5))
     b = model.embed_cells(cells, rng=np.random.default_rng(5))

@@ -160,21 +160,35 @@ class ScGPTModel(FoundationModel):
         gene_key: str | None,
         max_length: int | None,
         rng: int | np.random.Generator | None,
+        chunk_size: int = 16_384,
     ) -> dict[str, Any]:
-        """Check the values, match genes and count each cell's genes; tokens are made later, batch by batch."""
+        """Check the values, match genes and count each cell's genes; tokens are made later, batch by batch.
+
+        An in-memory matrix is reduced to the matched genes once; a backed one (``backed="r"``) is read again in
+        chunks of ``chunk_size`` cells whenever its values are needed, so memory stays bounded.
+        """
         max_length = int(max_length or self.max_length)
         if max_length < 2:
             msg = f"`max_length` must be at least 2 (<cls> plus one gene), got {max_length}."
             raise ValueError(msg)
+        if chunk_size < 1:
+            msg = f"`chunk_size` must be positive, got {chunk_size}."
+            raise ValueError(msg)
         X = get_matrix(adata, layer)
         what = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        check_nonnegative_finite(X, what=what)
         ids, coverage = self.match_genes(adata, gene_key=gene_key)
         cols = np.flatnonzero(ids >= 0)
-        sub = X[:, cols]
-        sub = sparse.csr_matrix(sub) if sparse.issparse(sub) else sparse.csr_matrix(np.asarray(sub))
-        sub.sort_indices()
-        n_genes = _positive_per_row(sub)
+        if sparse.issparse(X) or isinstance(X, np.ndarray):
+            check_nonnegative_finite(X, what=what)
+            sub, source = _matched(X, cols), None
+            n_genes = _positive_per_row(sub)
+        else:  # backed: count genes chunk by chunk, keep only the handle
+            sub, source = None, X
+            n_genes = np.zeros(adata.n_obs, np.int64)
+            for start in range(0, adata.n_obs, chunk_size):
+                block = X[start : start + chunk_size]
+                check_nonnegative_finite(block, what=f"{what} (rows from {start})")
+                n_genes[start : start + chunk_size] = _positive_per_row(_matched(block, cols))
         base_seed = _base_seed(rng)
         if not adata.obs_names.is_unique:
             logger.warning("scGPT: obs_names are not unique; cells with the same name share random draws.")
@@ -196,6 +210,8 @@ class ScGPTModel(FoundationModel):
         }
         return {
             "X": sub,
+            "source": source,
+            "chunk_size": chunk_size,
             "cols": cols,
             "gene_ids": ids,
             "names": np.asarray(adata.obs_names),
@@ -206,17 +222,31 @@ class ScGPTModel(FoundationModel):
             "params": params,
         }
 
-    def _tokenize_rows(self, prep: dict[str, Any], rows: np.ndarray):
+    def _blocks(self, prep: dict[str, Any]):
+        """Yield ``(rows, matched)``: positions of cells and their values on the matched genes (CSR, sorted).
+
+        All cells at once when the matrix is in memory; chunks of ``chunk_size`` cells read from a backed matrix.
+        """
+        n = prep["n_genes"].size
+        if prep["source"] is None:
+            yield np.arange(n), prep["X"]
+            return
+        step = prep["chunk_size"]
+        for start in range(0, n, step):
+            yield np.arange(start, min(start + step, n)), _matched(prep["source"][start : start + step], prep["cols"])
+
+    def _tokenize_rows(self, prep: dict[str, Any], block: sparse.csr_matrix, rows: np.ndarray, local: np.ndarray):
+        """Tokens of the cells ``local`` of ``block`` (whose cells are ``rows`` of the data)."""
         from ._scgpt_preprocess import cell_generators, tokenize_cells
 
         tokens, values, columns, _ = tokenize_cells(
-            prep["X"][rows],
+            block[local],
             prep["gene_ids"][prep["cols"]],
             cls_id=self.cls_id,
             pad_value=self.pad_value,
             n_bins=self.n_bins,
             max_length=prep["max_length"],
-            rngs=cell_generators(prep["base_seed"], list(prep["names"][rows])),
+            rngs=cell_generators(prep["base_seed"], list(prep["names"][rows[local]])),
         )
         return tokens, values, [prep["cols"][c] for c in columns]  # columns back to adata.var positions
 
@@ -228,6 +258,7 @@ class ScGPTModel(FoundationModel):
         gene_key: str | None = None,
         max_length: int | None = None,
         rng: int | np.random.Generator | None = 0,
+        chunk_size: int = 16_384,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Compute scGPT's input for every cell of ``adata`` (reference preprocessing, deterministic).
 
@@ -236,7 +267,7 @@ class ScGPTModel(FoundationModel):
         a cell with more than ``max_length - 1`` genes keeps a random subset. The random numbers (bin tie-breaks,
         subsets) of a cell come from a generator seeded by ``(rng, obs_name)``, so they do not depend on the batch,
         the cell order or on which other cells are in ``adata``. Bins depend only on each cell's ranks: raw counts,
-        normalised counts and ``log1p`` give the same input.
+        normalised counts and ``log1p`` give the same input. A backed AnnData is read ``chunk_size`` cells at a time.
 
         Returns
         -------
@@ -245,8 +276,15 @@ class ScGPTModel(FoundationModel):
         genes used), ``n_genes`` (non-zero matched genes per cell) and ``gene_ids`` (vocabulary id per var, ``-1``
         if absent); ``params`` the gene coverage and preprocessing parameters.
         """
-        prep = self._prepare(adata, layer=layer, gene_key=gene_key, max_length=max_length, rng=rng)
-        tokens, values, columns = self._tokenize_rows(prep, np.arange(adata.n_obs))
+        prep = self._prepare(
+            adata, layer=layer, gene_key=gene_key, max_length=max_length, rng=rng, chunk_size=chunk_size
+        )
+        tokens, values, columns = [], [], []
+        for rows, block in self._blocks(prep):
+            t, v, c = self._tokenize_rows(prep, block, rows, np.arange(rows.size))
+            tokens += t
+            values += v
+            columns += c
         cells = {
             "tokens": tokens,
             "values": values,
@@ -261,22 +299,28 @@ class ScGPTModel(FoundationModel):
     def _batches(self, prep: dict[str, Any], batch_size: int):
         """Yield ``(cell_positions, columns, tokens, values, lengths)`` for batches of cells of similar length.
 
-        Cells are sorted by length, so a batch is padded only to its longest cell; tokens are made batch by batch.
+        Cells (of a block, see :meth:`_blocks`) are sorted by length, so a batch is padded only to its longest cell;
+        tokens are made batch by batch.
         """
+        for rows, block in self._blocks(prep):
+            order = np.argsort(prep["lengths"][rows], kind="stable")
+            for start in range(0, order.size, batch_size):
+                local = order[start : start + batch_size]
+                yield self._batch(prep, block, rows, local)
+
+    def _batch(self, prep: dict[str, Any], block: sparse.csr_matrix, rows: np.ndarray, local: np.ndarray):
+        """One padded batch: ``(cell_positions, columns, tokens, values, lengths)``."""
         import torch
 
-        order = np.argsort(prep["lengths"], kind="stable")
-        for start in range(0, order.size, batch_size):
-            idx = order[start : start + batch_size]
-            tokens, values, columns = self._tokenize_rows(prep, idx)
-            lengths = np.array([t.size for t in tokens], dtype=np.int64)
-            n = int(lengths.max())
-            tok = np.full((idx.size, n), self.pad_id, dtype=np.int64)
-            val = np.full((idx.size, n), self.pad_value, dtype=np.float32)
-            for j, (t, v) in enumerate(zip(tokens, values, strict=True)):
-                tok[j, : t.size] = t
-                val[j, : v.size] = v
-            yield idx, columns, torch.from_numpy(tok), torch.from_numpy(val), torch.from_numpy(lengths)
+        tokens, values, columns = self._tokenize_rows(prep, block, rows, local)
+        lengths = np.array([t.size for t in tokens], dtype=np.int64)
+        n = int(lengths.max())
+        tok = np.full((local.size, n), self.pad_id, dtype=np.int64)
+        val = np.full((local.size, n), self.pad_value, dtype=np.float32)
+        for j, (t, v) in enumerate(zip(tokens, values, strict=True)):
+            tok[j, : t.size] = t
+            val[j, : v.size] = v
+        return rows[local], columns, torch.from_numpy(tok), torch.from_numpy(val), torch.from_numpy(lengths)
 
     def _run(
         self,
@@ -303,7 +347,9 @@ class ScGPTModel(FoundationModel):
             self.device = dev
         dtype = getattr(torch, _PRECISIONS[precision]) if _PRECISIONS[precision] else None
         dev_type = torch.device(dev).type
-        n_batches = -(-prep["lengths"].size // batch_size)
+        n_cells = prep["lengths"].size
+        step = n_cells if prep["source"] is None else prep["chunk_size"]
+        n_batches = sum(-(-min(step, n_cells - s) // batch_size) for s in range(0, n_cells, max(step, 1)))
         batches = self._batches(prep, batch_size)
         with torch.inference_mode(), torch.autocast(dev_type, dtype=dtype, enabled=dtype is not None):
             for idx, columns, t, v, n in progress(batches, total=n_batches, desc=desc, unit="batch"):
@@ -325,6 +371,7 @@ class ScGPTModel(FoundationModel):
         normalize: bool = True,
         pooling: str = "cls",
         emb_layer: int | None = None,
+        chunk_size: int = 16_384,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Embed cells: the last layer's ``<cls>`` state, L2-normalised by default (as ``embed_data``).
 
@@ -348,6 +395,9 @@ class ScGPTModel(FoundationModel):
             Divide each embedding by its L2 norm (the reference does).
         pooling, emb_layer
             Only ``"cls"`` pooling of the last layer is defined for scGPT.
+        chunk_size
+            Cells read at a time from a backed AnnData (``backed="r"``), so that memory stays bounded; an in-memory
+            matrix is processed at once. Results do not depend on it.
 
         Returns
         -------
@@ -360,7 +410,9 @@ class ScGPTModel(FoundationModel):
             msg = f"scGPT cell embeddings come from the last layer; `emb_layer` must be None, got {emb_layer!r}."
             raise ValueError(msg)
         batch_size = int(batch_size or settings.batch_size)
-        prep = self._prepare(adata, layer=layer, gene_key=gene_key, max_length=max_length, rng=rng)
+        prep = self._prepare(
+            adata, layer=layer, gene_key=gene_key, max_length=max_length, rng=rng, chunk_size=chunk_size
+        )
         out = np.zeros((adata.n_obs, self.module.cfg.d_model), dtype=np.float32)
 
         def consume(idx, _columns, emb, _lengths):
@@ -400,6 +452,7 @@ class ScGPTModel(FoundationModel):
         precision: str = "float32",
         max_length: int | None = None,
         rng: int | np.random.Generator | None = 0,
+        chunk_size: int = 16_384,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Gene embeddings in ``adata.var`` order (NaN rows for genes outside the vocabulary or never expressed).
 
@@ -422,7 +475,9 @@ class ScGPTModel(FoundationModel):
             out[rows] = emb
             return out, {**coverage, "gene_key": gene_key}
         batch_size = int(batch_size or settings.batch_size)
-        prep = self._prepare(adata, layer=layer, gene_key=gene_key, max_length=max_length, rng=rng)
+        prep = self._prepare(
+            adata, layer=layer, gene_key=gene_key, max_length=max_length, rng=rng, chunk_size=chunk_size
+        )
         sums = torch.zeros((adata.n_vars, d), dtype=torch.float64)
         counts = torch.zeros(adata.n_vars, dtype=torch.float64)
 
@@ -516,6 +571,14 @@ def bin_scgpt(
 # ---------------------------------------------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def _matched(X: Any, cols: np.ndarray) -> sparse.csr_matrix:
+    """The columns ``cols`` of ``X`` (sparse or dense) as CSR with sorted indices."""
+    sub = X[:, cols]
+    sub = sparse.csr_matrix(sub) if sparse.issparse(sub) else sparse.csr_matrix(np.asarray(sub))
+    sub.sort_indices()
+    return sub
 
 
 def _positive_per_row(X: sparse.csr_matrix) -> np.ndarray:
