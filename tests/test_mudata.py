@@ -240,6 +240,15 @@ def test_metrics_integration_and_label_transfer(cite_base):
     plain = fm.metrics.integration(_rna_copy(cite), ["X_pca"], **light)
     pd.testing.assert_frame_equal(res, plain)
     assert set(res["embedding"]) == {"X_pca", "Random (floor)"}
+    # the MuData's own obsm (mirrored modality embeddings, joint embeddings) with mod=None
+    cite.obs["label"] = cite["rna"].obs["label"].reindex(cite.obs_names)
+    with pytest.raises(ValueError, match="pre_integrated_key"):
+        fm.metrics.integration(cite, ["rna:X_pca"], mod=None, **light)
+    joint = fm.metrics.integration(cite, ["rna:X_pca"], mod=None, pre_integrated_key="rna:X_pca", **light)
+    same = joint[joint.embedding == "rna:X_pca"].drop(columns="embedding").reset_index(drop=True)
+    want = res[res.embedding == "X_pca"].drop(columns="embedding").reset_index(drop=True)
+    pd.testing.assert_frame_equal(same, want)
+    del cite.obs["label"]
     cite["rna"].obs["pred"] = cite["rna"].obs["label"].astype(str)
     lt = fm.metrics.label_transfer(cite, "label", "pred", mod="rna")
     assert lt.set_index("metric").loc["accuracy", "value"] == 1.0

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from scfmkit._utils import get_matrix, get_modality, logger
+from scfmkit._utils import get_matrix, get_modality, is_mudata, logger
 from scfmkit.tl._baselines import _seed, detect_input
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ def integration(
     Parameters
     ----------
     adata
-        Cells with the embeddings in ``obsm`` (a MuData is read in modality ``mod``).
+        Cells with the embeddings in ``obsm`` (a MuData is read in modality ``mod``, or itself with ``mod=None``).
     embeddings
         ``obsm`` keys to score (default: every ``X_*`` key except 2-d layouts such as ``X_umap``).
     batch_key, label_key
@@ -199,7 +199,8 @@ def integration(
     rng
         Seed for the random floor, PCA and resamples.
     mod
-        Modality of a MuData.
+        Modality of a MuData; ``None`` scores the MuData's own ``obs``/``obsm`` (joint embeddings such as WNN, and
+        modality embeddings mirrored as ``'<mod>:<key>'``), which needs ``pre_integrated_key``.
 
     Returns
     -------
@@ -210,7 +211,18 @@ def integration(
     from scib_metrics.benchmark import BatchCorrection, BioConservation
 
     _neighbor_computer(neighbors)  # validate early
-    target = get_modality(adata, mod)
+    if is_mudata(adata) and mod is None:  # the MuData's own obs/obsm: joint embeddings, 'rna:X_pca' mirrors
+        if pre_integrated_key is None:
+            pcs = [k for k in adata.obsm if "pca" in k.lower()]
+            example = f", e.g. {pcs[0]!r}" if pcs else ""
+            msg = (
+                "Scoring a MuData's own obsm (`mod=None`) needs `pre_integrated_key=`, the obsm key of the "
+                f"unintegrated embedding (a MuData has no X to compute a PCA from){example}."
+            )
+            raise ValueError(msg)
+        target = adata
+    else:
+        target = get_modality(adata, mod)
     for key, what in ((batch_key, "batch_key"), (label_key, "label_key")):
         if key not in target.obs:
             msg = f"{what} {key!r} is not an obs column; available: {list(target.obs.columns)}."
