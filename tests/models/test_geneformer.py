@@ -353,6 +353,23 @@ def test_tokens_same_in_memory_backed_dense_and_chunked(model, small, tmp_path, 
         np.testing.assert_array_equal(got.input_ids, want.input_ids)
 
 
+def test_repeated_sparse_entries_are_summed(v1, small):
+    X = small.X.tocoo()
+    split = X.data > 1  # store every count above 1 as two entries, in reverse column order
+    rows = np.concatenate([X.row, X.row[split]])[::-1]
+    cols = np.concatenate([X.col, X.col[split]])[::-1]
+    data = np.concatenate([np.where(split, X.data - 1, X.data), np.ones(split.sum(), X.data.dtype)])[::-1]
+    order = np.argsort(rows, kind="stable")
+    indptr = np.searchsorted(rows[order], np.arange(X.shape[0] + 1))
+    messy = sparse.csr_matrix((data[order], cols[order], indptr), shape=X.shape)
+    assert not messy.has_canonical_format
+    a = small.copy()
+    a.X = messy
+    got, want = v1.tokenize(a)[0], v1.tokenize(small)[0]
+    np.testing.assert_array_equal(got.input_ids, want.input_ids)
+    assert not a.X.has_canonical_format  # the caller's matrix is left as it was
+
+
 def test_bf16_close_to_fp32(v1, small):
     a = fm.tl.embed(small, v1, copy=True).obsm["X_geneformer"]
     b = fm.tl.embed(small, v1, precision="bfloat16", copy=True).obsm["X_geneformer"]

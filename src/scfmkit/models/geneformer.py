@@ -640,7 +640,9 @@ def _row_block(X: Any, rows: slice) -> sparse.csr_matrix:
         out.data, out.indices, out.indptr = data, indices, X.indptr[rows.start : rows.stop + 1] - lo
         return out
     chunk = X[rows]
-    return sparse.csr_matrix(chunk) if not sparse.issparse(chunk) else chunk.tocsr()
+    chunk = sparse.csr_matrix(chunk) if not sparse.issparse(chunk) else sparse.csr_matrix(chunk, copy=True)
+    chunk.sum_duplicates()  # a sparse matrix means the sum of repeated entries; also sorts the indices
+    return chunk
 
 
 def _var_column(adata: AnnData, key: str) -> pd.Index:
