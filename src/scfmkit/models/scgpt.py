@@ -574,10 +574,10 @@ def bin_scgpt(
 
 
 def _matched(X: Any, cols: np.ndarray) -> sparse.csr_matrix:
-    """The columns ``cols`` of ``X`` (sparse or dense) as CSR with sorted indices."""
+    """The columns ``cols`` of ``X`` (sparse or dense) as canonical CSR (repeated entries summed, indices sorted)."""
     sub = X[:, cols]
     sub = sparse.csr_matrix(sub) if sparse.issparse(sub) else sparse.csr_matrix(np.asarray(sub))
-    sub.sort_indices()
+    sub.sum_duplicates()
     return sub
 
 
