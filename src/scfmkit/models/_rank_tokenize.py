@@ -7,6 +7,7 @@ with zero counts dropped), mapped to token ids and truncated to the model's inpu
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from scipy import sparse
@@ -53,6 +54,13 @@ def token_dtype(token_ids: np.ndarray, cls_token: int | None = None, eos_token: 
 
 
 def rank_value_tokenize(
+    counts: sparse.csr_matrix, n_counts: np.ndarray, medians: np.ndarray, token_ids: np.ndarray, **options: Any
+) -> TokenizedCells:
+    """Rank-value encode cells: :func:`rank_value_tokenize_counts` without the per-cell statistics."""
+    return rank_value_tokenize_counts(counts, n_counts, medians, token_ids, **options)[0]
+
+
+def rank_value_tokenize_counts(
     counts: sparse.csr_matrix,
     n_counts: np.ndarray,
     medians: np.ndarray,
@@ -62,8 +70,15 @@ def rank_value_tokenize(
     cls_token: int | None = None,
     eos_token: int | None = None,
     column: np.ndarray | None = None,
-) -> TokenizedCells:
-    """Rank-value encode cells.
+    out: np.ndarray | None = None,
+) -> tuple[TokenizedCells, np.ndarray, np.ndarray]:
+    """Rank-value encode cells; also return each cell's number of ranked genes and its matched counts.
+
+    The value of a gene is ``counts / n_counts * 10,000 / median``, computed bit for bit as the reference does: it
+    evaluates that on a scipy sparse matrix, which divides by a dense array as a multiplication by its reciprocal.
+    So the value is ``x * (1 / n_counts) * 10000`` in the common dtype of the counts and ``n_counts`` (float32 data
+    with float32 totals stays float32), then ``* (1 / median)`` in float64. The exact rounding matters: it decides
+    the order of nearly equal genes. Entries whose value is zero are dropped.
 
     Parameters
     ----------
@@ -82,44 +97,14 @@ def rank_value_tokenize(
     column
         Token column of each column of ``counts`` (-1: no token), increasing over the matched columns; by default
         column ``j`` of ``counts`` is token column ``j``. Selecting the matched genes this way avoids a copy.
+    out
+        Array of dtype :func:`token_dtype` to write the token ids to (from its start); a new one by default.
 
     Returns
     -------
-    The token ids of every cell, genes in descending order of normalised value; ties keep column order (stable).
-    """
-    return rank_value_tokenize_counts(
-        counts,
-        n_counts,
-        medians,
-        token_ids,
-        max_genes=max_genes,
-        cls_token=cls_token,
-        eos_token=eos_token,
-        column=column,
-    )[0]
-
-
-def rank_value_tokenize_counts(
-    counts: sparse.csr_matrix,
-    n_counts: np.ndarray,
-    medians: np.ndarray,
-    token_ids: np.ndarray,
-    *,
-    max_genes: int,
-    cls_token: int | None = None,
-    eos_token: int | None = None,
-    column: np.ndarray | None = None,
-    out: np.ndarray | None = None,
-) -> tuple[TokenizedCells, np.ndarray, np.ndarray]:
-    """:func:`rank_value_tokenize`, also returning each cell's number of ranked genes and its matched counts.
-
-    With ``out`` (of dtype :func:`token_dtype`) the token ids are written to its start and returned as a view of it.
-
-    The value of a gene is ``counts / n_counts * 10,000 / median``, computed bit for bit as the reference does: it
-    evaluates that on a scipy sparse matrix, which divides by a dense array as a multiplication by its reciprocal.
-    So the value is ``x * (1 / n_counts) * 10000`` in the common dtype of the counts and ``n_counts`` (float32 data
-    with float32 totals stays float32), then ``* (1 / median)`` in float64. The exact rounding matters: it decides
-    the order of nearly equal genes. Entries whose value is zero are dropped.
+    ``(tokens, kept, matched)``: the token ids of every cell, genes in descending order of normalised value, ties in
+    column order (a stable sort); per cell the number of genes ranked (before truncation) and the summed counts of
+    its matched genes.
     """
     from . import _rank_kernels
 
