@@ -639,9 +639,10 @@ def _row_block(X: Any, rows: slice) -> sparse.csr_matrix:
         out = sparse.csr_matrix((rows.stop - rows.start, X.shape[1]), dtype=X.dtype)
         out.data, out.indices, out.indptr = data, indices, X.indptr[rows.start : rows.stop + 1] - lo
         return out
-    chunk = X[rows]
-    chunk = sparse.csr_matrix(chunk) if not sparse.issparse(chunk) else sparse.csr_matrix(chunk, copy=True)
-    chunk.sum_duplicates()  # a sparse matrix means the sum of repeated entries; also sorts the indices
+    chunk = X[rows]  # a new matrix (scipy's row slices, backed reads and dense rows all copy)
+    chunk = sparse.csr_matrix(chunk) if not sparse.issparse(chunk) else chunk.tocsr()
+    if not chunk.has_canonical_format:
+        chunk.sum_duplicates()  # a sparse matrix means the sum of repeated entries; also sorts the indices
     return chunk
 
 
