@@ -370,6 +370,31 @@ def test_repeated_sparse_entries_are_summed(v1, small):
     assert not a.X.has_canonical_format  # the caller's matrix is left as it was
 
 
+def _tokenize_sum(model, adata, queue):
+    queue.put(int(model.tokenize(adata)[0].input_ids.astype(np.int64).sum()))
+
+
+def test_tokenizer_safe_in_threads_and_forked_processes(v1, celltypist):
+    import multiprocessing
+    from concurrent.futures import ThreadPoolExecutor
+
+    a = celltypist[:300].copy()  # enough cells for the kernels to use several threads
+    want = int(v1.tokenize(a)[0].input_ids.astype(np.int64).sum())
+    with ThreadPoolExecutor(3) as pool:  # concurrent calls
+        futures = [pool.submit(v1.tokenize, a) for _ in range(3)]
+        sums = [int(f.result()[0].input_ids.astype(np.int64).sum()) for f in futures]
+    assert sums == [want] * 3
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    ctx = multiprocessing.get_context("fork")  # after the kernels ran in this process (numba's OpenMP layer dies here)
+    queue = ctx.Queue()
+    child = ctx.Process(target=_tokenize_sum, args=(v1, a, queue))
+    child.start()
+    child.join(120)
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == want
+
+
 def test_bf16_close_to_fp32(v1, small):
     a = fm.tl.embed(small, v1, copy=True).obsm["X_geneformer"]
     b = fm.tl.embed(small, v1, precision="bfloat16", copy=True).obsm["X_geneformer"]

@@ -1,6 +1,9 @@
 """Compiled (numba) kernels of the rank-value tokeniser; imported lazily by :mod:`._rank_tokenize`.
 
-Two passes over a CSR chunk, each parallel over cells:
+Two passes over a CSR chunk, each over a range of cells ``[first, stop)`` so that threads can share a chunk (the
+kernels release the GIL; :func:`run_threaded` splits the cells by their stored entries). Python threads rather than
+numba's ``parallel=True``: numba's OpenMP layer kills a process forked after it ran (multiprocessing's default start
+method on Linux), and its fallback layer aborts when two threads call a kernel at once.
 
 1. :func:`count_kept` counts each cell's entries that will be ranked (gene with a token, value not 0) and sums
    its matched counts;
@@ -20,6 +23,9 @@ then put in order of the full 64 bits by a stable insertion sort. The result equ
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numba
 import numpy as np
 
@@ -29,9 +35,25 @@ def _value(x, r, scale, inv_median):
     return np.float64(x * r * scale) * inv_median
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def count_kept(data, indices, indptr, column, recip, scale, inv_median, kept, matched):
-    for i in numba.prange(len(indptr) - 1):
+def run_threaded(kernel, indptr: np.ndarray, *args) -> None:
+    """Call ``kernel(first, stop, indptr, *args)`` on cell ranges of about equal stored entries, one per CPU."""
+    n_cells = len(indptr) - 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n_threads = max(1, min(cpus, n_cells // 64))
+    if n_threads == 1:
+        kernel(0, n_cells, indptr, *args)
+        return
+    bounds = np.searchsorted(indptr, np.linspace(0, indptr[-1], n_threads + 1)[1:-1]).tolist()
+    ranges = zip([0, *bounds], [*bounds, n_cells], strict=True)
+    with ThreadPoolExecutor(n_threads) as pool:  # a pool per call: no thread outlives it (safe to fork after)
+        for future in [pool.submit(kernel, first, stop, indptr, *args) for first, stop in ranges]:
+            future.result()
+
+
+@numba.njit(cache=True, nogil=True)
+def count_kept(first, stop, indptr, data, indices, column, recip, scale, inv_median, kept, matched):
+    """Cells ``first..stop-1``: ``kept`` = entries to rank (gene with a token, value not 0), ``matched`` = counts."""
+    for i in range(first, stop):
         n = 0
         total = 0.0
         r = recip[i]
@@ -95,9 +117,26 @@ def _radix_argsort(full, size, keys, tmp_keys, order, tmp_order, counts):
     return src_o
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def rank(data, indices, indptr, column, recip, scale, inv_median, kept, token_of_col, offsets, head, max_genes, out):
-    for i in numba.prange(len(indptr) - 1):
+@numba.njit(cache=True, nogil=True)
+def rank(
+    first,
+    stop,
+    indptr,
+    data,
+    indices,
+    column,
+    recip,
+    scale,
+    inv_median,
+    kept,
+    token_of_col,
+    offsets,
+    head,
+    max_genes,
+    out,
+):
+    """Cells ``first..stop-1``: token ids by descending value, ties in column order, at ``out[offsets[i] + head:]``."""
+    for i in range(first, stop):
         size = kept[i]
         if size == 0:
             continue

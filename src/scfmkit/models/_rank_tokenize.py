@@ -124,7 +124,6 @@ def rank_value_tokenize_counts(
     arrays = (
         counts.data.astype(dt, copy=False),
         counts.indices,
-        counts.indptr,
         np.asarray(column, np.int64),
         recip.astype(dt, copy=False),
         dt.type(TARGET_SUM),
@@ -132,7 +131,7 @@ def rank_value_tokenize_counts(
     )
     kept = np.empty(n, np.int64)
     matched = np.empty(n, np.float64)
-    _rank_kernels.count_kept(*arrays, kept, matched)
+    _rank_kernels.run_threaded(_rank_kernels.count_kept, counts.indptr, *arrays, kept, matched)
     head, tail = int(cls_token is not None), int(eos_token is not None)
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(np.minimum(kept, max_genes) + head + tail, out=offsets[1:])
@@ -145,7 +144,9 @@ def rank_value_tokenize_counts(
     else:
         ids = out[: offsets[-1]]
     token_of_col = np.asarray(token_ids).astype(ids.dtype)
-    _rank_kernels.rank(*arrays, kept, token_of_col, offsets, head, max_genes, ids)
+    _rank_kernels.run_threaded(
+        _rank_kernels.rank, counts.indptr, *arrays, kept, token_of_col, offsets, head, max_genes, ids
+    )
     if cls_token is not None:
         ids[offsets[:-1]] = cls_token
     if eos_token is not None:
