@@ -36,10 +36,13 @@ def _value(x, r, scale, inv_median):
 
 
 def run_threaded(kernel, indptr: np.ndarray, *args) -> None:
-    """Call ``kernel(first, stop, indptr, *args)`` on cell ranges of about equal stored entries, one per CPU."""
+    """Call ``kernel(first, stop, indptr, *args)`` on cell ranges of about equal stored entries, one per thread.
+
+    Threads: the CPUs this process may use, at most ``numba.get_num_threads()`` (``NUMBA_NUM_THREADS``).
+    """
     n_cells = len(indptr) - 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    n_threads = max(1, min(cpus, n_cells // 64))
+    n_threads = max(1, min(cpus, numba.get_num_threads(), n_cells // 64))
     if n_threads == 1:
         kernel(0, n_cells, indptr, *args)
         return
