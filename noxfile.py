@@ -35,7 +35,7 @@ def _env() -> dict[str, str]:
 def tests(session: nox.Session) -> None:
     """Run the test suite (real data from ../shared; tiny random-weight checkpoints built at test time)."""
     _install(session, "test")
-    session.run("pytest", "-n", "2", "--dist", "loadgroup", "--durations=15", *session.posargs, env=_env())
+    session.run("pytest", "-n", "2", "--durations=15", *session.posargs, env=_env())
 
 
 @nox.session

@@ -47,19 +47,7 @@ def execute_in_place(path: str | Path, timeout: int = 1200) -> float:
     return time.perf_counter() - t0
 
 
-# notebooks that embed the same cells with the same models: one xdist worker runs them in turn (``--dist loadgroup``),
-# so the later one loads the embeddings the earlier one cached in the worker's private cache instead of recomputing
-SHARED_EMBEDDINGS = {"integration_benchmark": "pbmc_3batch", "reference_mapping": "pbmc_3batch"}
-
-
-def _notebook_params():
-    for path in sorted(NOTEBOOKS.glob("*.ipynb")):
-        group = SHARED_EMBEDDINGS.get(path.stem)
-        marks = [pytest.mark.xdist_group(group)] if group else []
-        yield pytest.param(path, marks=marks, id=path.stem)
-
-
-@pytest.mark.parametrize("path", list(_notebook_params()))
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
 def test_notebook_runs(path, monkeypatch):
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
