@@ -142,9 +142,10 @@ class GeneMatch:
         return self.n_matched_vars > len(self.token_ids)
 
     def gather(self, X: sparse.csr_matrix) -> sparse.csr_matrix:
-        """Cells x matched genes: the columns of ``X`` that map to a token, duplicates summed, indices sorted."""
-        if not self.has_duplicates:  # plain column selection keeps var order
-            return X[:, np.flatnonzero(self.column >= 0)]
+        """Cells x tokens: the counts of ``X`` summed per token, indices sorted.
+
+        Needed only when :attr:`has_duplicates`; otherwise the tokeniser reads the matched columns of ``X`` in place.
+        """
         return (X @ self.aggregation_matrix()).tocsr().sorted_indices()
 
     def aggregation_matrix(self) -> sparse.csr_matrix:
