@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 import scfmkit as fm
-from scfmkit.tl._perturbation import _ridge_bilinear
+from scfmkit.tl._perturbation._linear import _ridge_bilinear
 
 
 def _cells(seed=0, n=6, n_genes=40, labels=None):
@@ -36,7 +36,8 @@ def pb():
 
 
 def test_registry():
-    assert {"control", "mean", "additive", "linear", "geneformer"} <= set(fm.tl.available_predictors())
+    assert {"control", "mean", "additive", "linear"} <= set(fm.tl.available_predictors())
+    assert "geneformer" not in fm.tl.available_predictors()  # embedding shifts only: fm.tl.geneformer_perturb
     with pytest.raises(ValueError, match="Unknown perturbation predictor"):
         fm.tl.fit_predictor(fm.pp.pseudobulk_perturbations(_cells(), n_top_de=0), "nope", train=[])
 
@@ -137,8 +138,8 @@ def test_linear_with_foundation_model_embeddings(pb):
         fm.tl.fit_predictor(pb, "linear", gene_embedding="nope")
 
 
-def test_geneformer_predictor_says_no_expression(pb):
-    with pytest.raises(NotImplementedError, match="does not predict expression"):
+def test_unknown_predictor_lists_the_registry(pb):
+    with pytest.raises(ValueError, match="Unknown perturbation predictor 'geneformer'.*geneformer_perturb"):
         fm.tl.fit_predictor(pb, "geneformer")
 
 
@@ -228,7 +229,7 @@ def test_benchmark_norman_subset(shared_dir):
 
 
 # ---------------------------------------------------------------- Geneformer in-silico perturbation
-from scfmkit.tl._perturbation import _null_targets, _perturb_tokens  # noqa: E402
+from scfmkit.tl._perturbation._isp import _null_targets, _perturb_tokens  # noqa: E402
 
 
 def test_perturb_tokens_kernel():

@@ -1,0 +1,414 @@
+"""Geneformer in-silico perturbation: embedding shifts of deleting or overexpressing genes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from scfmkit._utils import get_modality, logger, progress, sanitize_params
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+    from mudata import MuData
+
+__all__ = ["geneformer_perturb"]
+
+
+def _cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if b.ndim == 1:
+        b = np.broadcast_to(b, a.shape)
+    num = (a * b).sum(1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return num / den
+
+
+def _perturb_tokens(
+    cell: np.ndarray, targets: Sequence[int], *, mode: str, skip: int, max_genes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Perturb one cell's token ids as Geneformer's InSilicoPerturber does.
+
+    Returns ``(perturbed_ids, perturbed_excluded, original_excluded)``: the new ids (special tokens kept) and, for
+    the comparison of the two embeddings, the gene positions (0-based after ``<cls>``) to leave out of each mean so
+    that only the genes that were not perturbed are compared: the deleted genes in the original; the moved or
+    inserted genes in the perturbed cell, and in the original the moved genes plus any gene truncated off the end.
+    ``None`` when ``mode="delete"`` and the cell does not express every target (or would keep no gene).
+    """
+    head, body, tail = cell[:skip], cell[skip : len(cell) - skip], cell[len(cell) - skip :]
+    present = np.isin(body, targets)
+    empty = np.zeros(0, np.int64)
+    if mode == "delete":
+        if not np.isin(targets, body).all() or present.all():
+            return None
+        return np.concatenate([head, body[~present], tail]), empty, np.flatnonzero(present)
+    front = np.asarray(list(dict.fromkeys(targets)), dtype=cell.dtype)
+    rest_pos = np.flatnonzero(~present)
+    kept = rest_pos[: max(max_genes - len(front), 0)]
+    dropped = rest_pos[len(kept) :]
+    new_body = np.concatenate([front, body[kept]])
+    pert_excl = np.arange(len(front))
+    orig_excl = np.sort(np.concatenate([np.flatnonzero(present), dropped]))
+    return np.concatenate([head, new_body, tail]), pert_excl, orig_excl
+
+
+def _masked_embed(
+    fm_model: Any,
+    cells: Sequence[np.ndarray],
+    excluded: Sequence[np.ndarray],
+    *,
+    emb_layer: int,
+    pooling: str,
+    batch_size: int,
+    device: str | None,
+) -> np.ndarray:
+    """Cell embeddings (mean over gene tokens, leaving out ``excluded`` gene positions; or ``<cls>``)."""
+    import torch
+
+    from scfmkit._settings import settings
+
+    if not -fm_model.n_layers <= emb_layer <= 0:
+        msg = f"`emb_layer` must be between {-fm_model.n_layers} and 0, got {emb_layer}."
+        raise ValueError(msg)
+    special = bool(fm_model.vocab.special_tokens)
+    if pooling not in {"mean", "cls"} or (pooling == "cls" and not special):
+        msg = f"`pooling` must be 'mean' (or 'cls' for Geneformer V2), got {pooling!r}."
+        raise ValueError(msg)
+    device = settings.resolve_device(device or getattr(fm_model, "device", None))
+    enc = fm_model.encoder(fm_model.n_layers + emb_layer, device)
+    skip = 1 if special else 0
+    pad = fm_model.vocab.pad_id
+    lengths = np.array([len(c) for c in cells], dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    out = np.empty((len(cells), fm_model.config.hidden_size), np.float32)
+    with torch.inference_mode():
+        for b in range(0, len(order), batch_size):
+            idx = order[b : b + batch_size]
+            n = int(lengths[idx].max())
+            ids = np.full((len(idx), n), pad, np.int64)
+            mask = np.zeros((len(idx), n), bool)
+            for r, i in enumerate(idx):
+                ids[r, : lengths[i]] = cells[i]
+                mask[r, skip : lengths[i] - skip] = True
+                mask[r, skip + np.asarray(excluded[i], dtype=np.int64)] = False
+            hidden = enc(torch.from_numpy(ids).to(device), torch.from_numpy(lengths[idx]).to(device)).float()
+            if pooling == "cls":
+                emb = hidden[:, 0]
+            else:
+                m = torch.from_numpy(mask).to(device)[..., None].float()
+                emb = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+            out[idx] = emb.cpu().numpy()
+    return out
+
+
+def _null_targets(
+    cell: np.ndarray, targets: Sequence[int], *, skip: int, window: int, pool: np.ndarray, gen: np.random.Generator
+) -> list[int] | None:
+    """Random stand-ins for ``targets`` in one cell (``None`` if none can be drawn).
+
+    An expressed target gets a gene of the cell within ``window`` rank positions; an absent one (overexpression by
+    insertion) a random gene of ``pool`` that the cell does not express.
+    """
+    body = cell[skip : len(cell) - skip]
+    taken = set(np.flatnonzero(np.isin(body, targets)).tolist())
+    out: list[int] = []
+    for t in targets:
+        pos = np.flatnonzero(body == t)
+        if pos.size:
+            p = int(pos[0])
+            cand = [q for q in range(max(0, p - window), min(len(body), p + window + 1)) if q not in taken]
+            if not cand:
+                return None
+            q = int(gen.choice(cand))
+            taken.add(q)
+            out.append(int(body[q]))
+        else:
+            absent = pool[~np.isin(pool, body) & ~np.isin(pool, out) & ~np.isin(pool, targets)]
+            if absent.size == 0:
+                return None
+            out.append(int(gen.choice(absent)))
+    return out
+
+
+def geneformer_perturb(
+    adata: AnnData | MuData,
+    model: Any = "geneformer-v1",
+    *,
+    genes: str | Sequence[str],
+    mode: str = "delete",
+    goal_key: str | None = None,
+    goal: str | None = None,
+    start: str | None = None,
+    n_null: int = 10,
+    null_window: int = 5,
+    weights: str = "pretrained",
+    layer: str | None = None,
+    gene_key: str | None = None,
+    input: str = "counts",
+    emb_layer: int = -1,
+    pooling: str = "mean",
+    batch_size: int | None = None,
+    device: str | None = None,
+    rng: int | np.random.Generator | None = 0,
+    mod: str | None = "rna",
+    key_added: str = "geneformer_perturb",
+    copy: bool = False,
+) -> AnnData | MuData | None:
+    """Geneformer in-silico perturbation: how far deleting or overexpressing genes moves each cell's embedding.
+
+    ``mode="delete"`` removes the genes' tokens from each cell's rank-value encoding (cells that express none of them
+    are not perturbed); ``mode="overexpress"`` moves them to the front of the encoding (right after ``<cls>`` in
+    Geneformer V2), inserting them where the cell does not express them, and truncates to the input size. The genes
+    are perturbed together; deletion needs cells that express all of them (as in Geneformer's InSilicoPerturber).
+    Each perturbed cell is re-embedded (same layer and pooling) and compared with its original embedding on the
+    genes both keep, as the reference does: the deleted or overexpressed genes (and genes truncated off the end)
+    are left out of both mean-pools. With a goal state, the shift toward the goal cells' mean embedding (all genes)
+    is ``cos(perturbed, goal) - cos(original, goal)``.
+
+    The null repeats the same perturbation ``n_null`` times with random stand-in genes of matched expression rank:
+    for an expressed target, a random gene of the same cell within ``null_window`` rank positions; for an inserted
+    (non-expressed) one, a random matched gene of ``adata`` that the cell does not express.
+
+    This method gives no expression-space predictions (no predicted pseudobulk, nothing for
+    :func:`scfmkit.metrics.perturbation_metrics`): it measures embedding shifts only. For expression predictions with
+    Geneformer, use its token embeddings in the linear model (:func:`predict_perturbation` with ``method="linear"``
+    and ``gene_embedding=<model>``).
+
+    Parameters
+    ----------
+    adata
+        Cells x genes, raw counts (or log1p-normalised with ``input="lognorm"``). A MuData is used through ``mod``.
+    model
+        Geneformer registry name, checkpoint directory or loaded :class:`~scfmkit.models.FoundationModel`.
+    genes
+        Gene(s) to perturb together (symbols or Ensembl ids, as the model's dictionaries know them).
+    mode
+        ``"delete"`` or ``"overexpress"``.
+    goal_key, goal
+        ``obs`` column and value of the goal state (optional).
+    start
+        Value of ``obs[goal_key]`` of the cells to perturb (default: every cell not in the goal state; without a
+        goal, every cell).
+    n_null
+        Repeats of the random-gene null (0 for none).
+    null_window
+        Rank positions around an expressed target from which its null stand-in is drawn.
+    weights, layer, gene_key, input, emb_layer, pooling, batch_size, device
+        As in :func:`scfmkit.tl.embed`.
+    rng
+        Seed or generator of the null.
+    mod
+        Modality of a MuData.
+    key_added
+        Prefix of the keys written.
+    copy
+        Return a copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``None`` or a copy. Writes (NaN for cells that were not perturbed)
+
+    - ``obs['<key_added>_cos']``: cosine similarity of each cell's original and perturbed embedding;
+    - ``obs['<key_added>_shift']``: ``1 - cos``; ``obs['<key_added>_null_shift']``: its mean over the null repeats;
+    - with a goal: ``obs['<key_added>_goal_shift']`` and ``obs['<key_added>_null_goal_shift']``;
+    - ``obsm['X_<key_added>']``: the perturbed embeddings (float32; mean over the genes that were not perturbed);
+    - ``uns['<key_added>']``: ``params`` and ``summary`` (cells perturbed, mean shifts, null means and empirical
+      p-values ``(1 + #null repeats with a mean at least as large) / (1 + n_null)``).
+    """
+    from scfmkit import models
+    from scfmkit._settings import settings
+    from scfmkit._utils import write_back
+
+    if mode not in {"delete", "overexpress"}:
+        msg = f"`mode` must be 'delete' or 'overexpress', got {mode!r}."
+        raise ValueError(msg)
+    if n_null < 0 or null_window < 1:
+        msg = f"Need `n_null >= 0` and `null_window >= 1`, got {n_null} and {null_window}."
+        raise ValueError(msg)
+    genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
+    if not genes:
+        msg = "Pass at least one gene in `genes=`."
+        raise ValueError(msg)
+    target = get_modality(adata, mod)
+    if (goal_key is None) != (goal is None):
+        msg = "Pass both `goal_key` and `goal` (or neither)."
+        raise ValueError(msg)
+    if goal_key is not None:
+        if goal_key not in target.obs:
+            msg = f"`goal_key={goal_key!r}` is not an obs column; available: {list(target.obs.columns)}."
+            raise KeyError(msg)
+        states = target.obs[goal_key].astype(str).to_numpy()
+        is_goal = states == str(goal)
+        if not is_goal.any():
+            msg = f"No cell has obs[{goal_key!r}] == {goal!r}; values: {sorted(set(states))[:10]}."
+            raise ValueError(msg)
+        is_start = (states == str(start)) if start is not None else ~is_goal
+        if not is_start.any():
+            msg = f"No start cells (obs[{goal_key!r}] == {start!r})."
+            raise ValueError(msg)
+    else:
+        if start is not None:
+            msg = "`start` needs `goal_key`/`goal`."
+            raise ValueError(msg)
+        is_goal = np.zeros(target.n_obs, bool)
+        is_start = np.ones(target.n_obs, bool)
+    fm_model = models.load(model, weights=weights, device=device)
+    for attr in ("tokenize", "encoder", "match_genes", "vocab", "n_layers", "config", "input_size"):
+        if not hasattr(fm_model, attr):
+            msg = f"In-silico perturbation needs a Geneformer model (with `{attr}`), got {type(fm_model).__name__}."
+            raise TypeError(msg)
+    match = fm_model.match_genes(genes)
+    missing = [g for g, c in zip(genes, match.column, strict=True) if c < 0]
+    if missing:
+        msg = f"Genes {missing} are not in {fm_model.name}'s dictionaries; check the names (symbols or Ensembl ids)."
+        raise ValueError(msg)
+    target_tokens = [int(match.token_ids[c]) for c in match.column]
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+    use = is_goal | is_start
+    rows = np.flatnonzero(use)
+    tokens, coverage = fm_model.tokenize(target[rows], layer=layer, gene_key=gene_key, input=input)
+    skip = 1 if fm_model.vocab.special_tokens else 0
+    max_genes = fm_model.input_size - 2 * skip
+    start_local = np.flatnonzero(is_start[rows])
+
+    def _run(target_ids_per_cell: Sequence[Sequence[int] | None], cells_local: np.ndarray):
+        """Perturb, then embed perturbed cells and their originals on the genes both keep."""
+        pert_ids, pert_ex, orig_ids, orig_ex, ok = [], [], [], [], []
+        for j, (i, targets) in enumerate(zip(cells_local, target_ids_per_cell, strict=True)):
+            res = (
+                None
+                if targets is None
+                else _perturb_tokens(tokens[i], targets, mode=mode, skip=skip, max_genes=max_genes)
+            )
+            if res is None:
+                continue
+            pert_ids.append(res[0])
+            pert_ex.append(res[1])
+            orig_ids.append(tokens[i])
+            orig_ex.append(res[2])
+            ok.append(j)
+        if not ok:
+            return np.zeros(0, int), None, None
+        kw = {"emb_layer": emb_layer, "pooling": pooling, "batch_size": bs, "device": device}
+        return (
+            np.asarray(ok),
+            _masked_embed(fm_model, pert_ids, pert_ex, **kw),
+            _masked_embed(fm_model, orig_ids, orig_ex, **kw),
+        )
+
+    bs = batch_size or settings.batch_size
+    ok, pert, orig_cmp = _run([target_tokens] * len(start_local), start_local)
+    if len(ok) == 0:
+        msg = (
+            f"None of the start cells express all of {genes}; nothing to delete "
+            "(Geneformer deletes only in cells that express every gene; `mode='overexpress'` inserts)."
+        )
+        raise ValueError(msg)
+    pert_local = start_local[ok]
+    cos = _cos_rows(orig_cmp, pert)
+    goal_mean = None
+    if goal_key is not None:
+        goal_local = np.flatnonzero(is_goal[rows])
+        goal_tokens = [tokens[i] for i in goal_local]
+        goal_emb = _masked_embed(
+            fm_model,
+            goal_tokens,
+            [np.zeros(0, np.int64)] * len(goal_tokens),
+            emb_layer=emb_layer,
+            pooling=pooling,
+            batch_size=bs,
+            device=device,
+        )
+        goal_mean = goal_emb.mean(0)
+    goal_shift = _cos_rows(pert, goal_mean) - _cos_rows(orig_cmp, goal_mean) if goal_mean is not None else None
+
+    var_genes = target.var_names if gene_key is None else target.var[gene_key].astype(str)
+    pool = np.asarray(fm_model.match_genes(var_genes).token_ids)
+    null_shift = np.full((len(pert_local), n_null), np.nan)
+    null_goal = np.full((len(pert_local), n_null), np.nan)
+    for r in progress(range(n_null), desc="null repeats", unit="repeat"):
+        stand_ins = [
+            _null_targets(tokens[i], target_tokens, skip=skip, window=null_window, pool=pool, gen=gen)
+            for i in pert_local
+        ]
+        ok_null, emb, orig_null = _run(stand_ins, pert_local)
+        if len(ok_null) == 0:
+            continue
+        null_shift[ok_null, r] = 1 - _cos_rows(orig_null, emb)
+        if goal_mean is not None:
+            null_goal[ok_null, r] = _cos_rows(emb, goal_mean) - _cos_rows(orig_null, goal_mean)
+
+    def _p(observed: np.ndarray, null: np.ndarray) -> float:
+        if null.shape[1] == 0:
+            return float("nan")
+        means = np.nanmean(null, axis=0)
+        means = means[np.isfinite(means)]
+        return float((1 + (means >= np.nanmean(observed)).sum()) / (1 + len(means)))
+
+    shift = 1 - cos
+    summary: dict[str, Any] = {
+        "n_cells_perturbed": len(pert_local),
+        "n_start_cells": int(is_start.sum()),
+        "mean_shift": float(np.mean(shift)),
+        "null_mean_shift": float(np.nanmean(null_shift)) if n_null else float("nan"),
+        "p_shift": _p(shift, null_shift),
+    }
+    if goal_shift is not None:
+        summary |= {
+            "mean_goal_shift": float(np.mean(goal_shift)),
+            "null_mean_goal_shift": float(np.nanmean(null_goal)) if n_null else float("nan"),
+            "p_goal_shift": _p(goal_shift, null_goal),
+        }
+
+    data = adata.copy() if copy else adata
+    tgt = get_modality(data, mod)
+    cell_rows = rows[pert_local]
+
+    def _col(values: np.ndarray) -> np.ndarray:
+        out = np.full(tgt.n_obs, np.nan)
+        out[cell_rows] = values
+        return out
+
+    tgt.obs[f"{key_added}_cos"] = _col(cos)
+    tgt.obs[f"{key_added}_shift"] = _col(shift)
+    tgt.obs[f"{key_added}_null_shift"] = _col(np.nanmean(null_shift, axis=1) if n_null else np.full(len(cos), np.nan))
+    if goal_shift is not None:
+        tgt.obs[f"{key_added}_goal_shift"] = _col(goal_shift)
+        tgt.obs[f"{key_added}_null_goal_shift"] = _col(
+            np.nanmean(null_goal, axis=1) if n_null else np.full(len(cos), np.nan)
+        )
+    emb_out = np.full((tgt.n_obs, pert.shape[1]), np.nan, np.float32)
+    emb_out[cell_rows] = pert
+    tgt.obsm[f"X_{key_added}"] = emb_out
+    params = {
+        **fm_model.base_params,
+        "genes": genes,
+        "mode": mode,
+        "goal_key": goal_key,
+        "goal": goal,
+        "start": start,
+        "n_null": n_null,
+        "null_window": null_window,
+        "emb_layer": emb_layer,
+        "pooling": pooling,
+        "input": input,
+        "rng": rng if isinstance(rng, int | None) else "Generator",
+        "gene_coverage": coverage.get("frac_vars_matched"),
+        "expression_predictions": False,
+    }
+    tgt.uns[key_added] = {"params": sanitize_params(params), "summary": sanitize_params(summary)}
+    write_back(data, mod, obsm_keys=[f"X_{key_added}"])
+    logger.info(
+        "In-silico %s of %s in %d cells: mean shift %.4g (null %.4g, p=%.3g)",
+        mode,
+        genes,
+        len(pert_local),
+        summary["mean_shift"],
+        summary["null_mean_shift"],
+        summary["p_shift"],
+    )
+    return data if copy else None
