@@ -80,7 +80,7 @@ def child(mode: str, n_cells: int) -> None:
         bm.get_results(min_max_scale=False)
         wall = time.perf_counter() - t
     elif mode == "knn":
-        from scfmkit.tl._mapping import weighted_knn_transfer
+        from scfmkit._knn import weighted_knn_transfer
 
         rng = np.random.default_rng(0)
         n_ref, n_q = n_cells, n_cells // 10

@@ -85,7 +85,7 @@ def main() -> None:
     t1 = time.perf_counter()
     ours, params = model.embed_cells(cells, batch_size=args.batch_size, max_length=args.max_length)
     t2 = time.perf_counter()
-    lengths = np.minimum(model.tokenize(cells, max_length=args.max_length)[0]["n_genes"] + 1, args.max_length)
+    lengths = np.minimum(model.tokenize(cells, max_length=args.max_length)[0].n_genes + 1, args.max_length)
     rec.record(
         "embed",
         impl="scfmkit",
@@ -93,7 +93,7 @@ def main() -> None:
         seconds=round(t2 - t1, 2),
         load_seconds=round(t1 - t0, 2),
         cells_per_s=round(n / (t2 - t1), 2),
-        genes_matched=params["n_genes_matched"],
+        genes_matched=params["n_vars_matched"],
         padded_tokens_sorted=padded_tokens(lengths, args.batch_size, sort=True),
         padded_tokens_input_order=padded_tokens(lengths, args.batch_size, sort=False),
         real_tokens=int(lengths.sum()),

@@ -51,9 +51,21 @@ class Settings:
     def resolve_device(self, device: str | None = None) -> str:
         """Return a concrete torch device name for ``device`` (``None`` means :attr:`device`)."""
         device = device or self.device
-        if device != "auto":
-            return device
         import torch
+
+        if device != "auto":
+            kind = str(device).split(":")[0]
+            if kind == "cuda" and not torch.cuda.is_available():
+                msg = (
+                    f"device={device!r} but torch finds no CUDA GPU (torch {torch.__version__}, built "
+                    f"{'with' if torch.version.cuda else 'without'} CUDA). Use device='cpu', or 'auto' to take a GPU "
+                    "when there is one."
+                )
+                raise ValueError(msg)
+            if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+                msg = f"device={device!r} but this machine has no Apple MPS device. Use device='cpu' or 'auto'."
+                raise ValueError(msg)
+            return device
 
         if torch.cuda.is_available():
             return "cuda"

@@ -7,15 +7,24 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy import sparse
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
 
+from ._checks import check_nonnegative_finite, get_matrix
+
 logger = logging.getLogger("scfmkit")
 
-__all__ = ["check_nonnegative_finite", "get_modality", "logger", "progress", "sanitize_params", "write_back"]
+__all__ = [
+    "check_nonnegative_finite",
+    "get_matrix",
+    "get_modality",
+    "logger",
+    "progress",
+    "sanitize_params",
+    "write_back",
+]
 
 
 def is_mudata(data: object) -> bool:
@@ -100,30 +109,30 @@ def progress(
     return tqdm(iterable, total=total, desc=desc, unit=unit, leave=False)
 
 
-def check_nonnegative_finite(X: np.ndarray | sparse.spmatrix, *, what: str = "X") -> None:
-    """Raise a clear ``ValueError`` if ``X`` holds negative, NaN or infinite values."""
-    data = X.data if sparse.issparse(X) else np.asarray(X)
-    if data.size == 0:
-        return
-    if not np.isfinite(data).all():
-        msg = f"{what} contains NaN or infinite values; clean or impute them before calling this function."
-        raise ValueError(msg)
-    if data.min() < 0:
+def _is_ours(record: object) -> bool:
+    params = record.get("params") if isinstance(record, Mapping) else None
+    return isinstance(params, Mapping) and "scfmkit_version" in params
+
+
+def check_free_keys(
+    adata: AnnData, *, obsm: str | None = None, varm: str | None = None, uns: str | None = None
+) -> None:
+    """Refuse to write keys that hold another tool's results (e.g. scanpy's ``obsm['X_pca']``/``uns['pca']``).
+
+    A key is free when it is absent or was written by scfmkit before (its ``uns[uns]['params']`` records the
+    scfmkit version); called before any work, so a refused call changes nothing.
+    """
+    ours = uns is not None and _is_ours(adata.uns.get(uns))
+    taken = []
+    if uns is not None and uns in adata.uns and not ours:
+        taken.append(f"uns[{uns!r}]")
+    if obsm is not None and obsm in adata.obsm and not ours:
+        taken.append(f"obsm[{obsm!r}]")
+    if varm is not None and varm in adata.varm and not ours:
+        taken.append(f"varm[{varm!r}]")
+    if taken:
         msg = (
-            f"{what} contains negative values (min {data.min():.3g}); this looks scaled or centred. "
-            "Pass raw counts (or log-normalised values), e.g. `layer='counts'`."
+            f"{' and '.join(taken)} already hold results of another tool (e.g. scanpy); scfmkit does not overwrite "
+            "them. Pass another `key_added=`, or delete the key first if it is yours to replace."
         )
         raise ValueError(msg)
-
-
-def get_matrix(adata: AnnData, layer: str | None):
-    """Return ``adata.X`` or ``adata.layers[layer]`` with a clear error when the layer is missing."""
-    if layer is None:
-        if adata.X is None:
-            msg = "adata.X is empty; pass `layer=` naming the layer that holds the values."
-            raise ValueError(msg)
-        return adata.X
-    if layer not in adata.layers:
-        msg = f"Layer {layer!r} not found; available layers: {list(adata.layers)}. Pass `layer=None` to use `adata.X`."
-        raise KeyError(msg)
-    return adata.layers[layer]

@@ -167,8 +167,8 @@ def test_same_rng_same_embeddings_any_batching(model, kang):
     # the model input itself is identical, bit for bit
     t1, t2 = model.tokenize(a, rng=7)[0], model.tokenize(a[sub].copy(), rng=7)[0]
     for j, i in enumerate(sub):
-        np.testing.assert_array_equal(t1["tokens"][i], t2["tokens"][j])
-        np.testing.assert_array_equal(t1["values"][i], t2["values"][j])
+        np.testing.assert_array_equal(t1[i], t2[j])
+        np.testing.assert_array_equal(t1.values_of(i), t2.values_of(j))
     # count data has ties: another seed gives other bins
     assert not np.allclose(model.embed_cells(a, rng=8)[0], ref)
 
@@ -183,9 +183,8 @@ def test_backed_h5ad_streams_in_chunks(model, kang, tmp_path):
     np.testing.assert_allclose(emb_b, emb, atol=1e-6, rtol=0)
     assert params_b == params
     tok, tok_b = model.tokenize(a, rng=3)[0], model.tokenize(backed, rng=3, chunk_size=6)[0]
-    for key in ("tokens", "values", "columns"):
-        for x, y in zip(tok[key], tok_b[key], strict=True):
-            np.testing.assert_array_equal(x, y)
+    for key in ("input_ids", "offsets", "values", "columns", "n_genes"):
+        np.testing.assert_array_equal(getattr(tok, key), getattr(tok_b, key))
     genes = model.embed_genes(a, batch_size=5)[0]
     genes_b = model.embed_genes(backed, batch_size=5, chunk_size=10)[0]
     np.testing.assert_allclose(genes_b, genes, atol=1e-6, rtol=0)
@@ -209,8 +208,7 @@ def test_monotone_transforms_give_same_input(model, cells):
     t0, _ = model.tokenize(cells)
     for other in (lognorm, dense):
         t1, _ = model.tokenize(other)
-        for a, b in zip(t0["values"], t1["values"], strict=True):
-            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(t0.values, t1.values)
     np.testing.assert_array_equal(model.embed_cells(cells)[0], model.embed_cells(lognorm)[0])
 
 
@@ -241,8 +239,9 @@ def test_no_matching_genes_says_use_gene_key(model, cells):
 
 def test_max_length_subsamples_with_cls_kept(model, cells):
     tok, tparams = fm.pp.tokenize(cells, model, max_length=50)
-    assert all(t.size <= 50 and t[0] == model.cls_id for t in tok["tokens"])
-    assert tparams["n_cells_subsampled"] == int((tok["n_genes"] >= 50).sum()) > 0
+    assert isinstance(tok, fm.models.TokenizedCells)
+    assert all(tok[i].size <= 50 and tok[i][0] == model.cls_id for i in range(len(tok)))
+    assert tparams["n_cells_subsampled"] == int((tok.n_genes >= 50).sum()) > 0
     emb, params = model.embed_cells(cells, max_length=50, normalize=False)
     assert params["max_length"] == 50
     assert not params["normalize"]
@@ -332,9 +331,9 @@ def test_tl_embed_from_checkpoint_path(ckpt, cells, tmp_path):
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     p = out.uns["scgpt"]["params"]
     assert p["weights"] == f"sha256:{sha256_file(ckpt / 'best_model.pt')}"
-    for key in ("max_length", "n_bins", "n_genes_matched", "gene_coverage", "rng_seed", "scfmkit_version", "model"):
+    for key in ("max_length", "n_bins", "n_vars_matched", "frac_vars_matched", "rng_seed", "scfmkit_version", "model"):
         assert key in p
-    assert p["n_genes_matched"] == 8355
+    assert p["n_vars_matched"] == 8355
     assert p["n_bins"] == 51
     assert p["max_length"] == 1200
     assert "X_scgpt" not in cells.obsm
@@ -346,7 +345,7 @@ def test_tl_embed_genes_token(model, cells):
 
     fm.tl.embed_genes(cells, model, kind="token")
     g = cells.varm["scgpt_token"]
-    ids, _ = model.match_genes(cells)
+    ids = model.match_adata(cells).var_tokens
     assert g.shape == (cells.n_vars, 64)
     assert np.isnan(g[ids < 0]).all()
     assert not np.isnan(g[ids >= 0]).any()
@@ -360,7 +359,7 @@ def test_embed_genes_contextual(model, cells):
     a = cells[:6].copy()
     g, params = model.embed_genes(a, kind="contextual", batch_size=4)
     seen = np.asarray((a.X > 0).sum(0)).ravel() > 0
-    ids, _ = model.match_genes(a)
+    ids = model.match_adata(a).var_tokens
     assert not np.isnan(g[seen & (ids >= 0)]).any()
     assert np.isnan(g[~seen | (ids < 0)]).all()
     assert params["n_genes_embedded"] == int((seen & (ids >= 0)).sum())
@@ -395,7 +394,7 @@ def test_mudata_rna_modality(model, cells):
 
 def test_pp_bin_scgpt_matches_model_input(model, cells):
     a = cells[:12].copy()
-    a = a[:, model.match_genes(a)[0] >= 0].copy()  # every gene in the vocabulary: the bins are the model's input
+    a = a[:, model.match_adata(a).var_tokens >= 0].copy()  # every gene in the vocabulary: the bins are the model's input
     before = a.X.copy()
     out = fm.pp.bin_scgpt(a, rng=3, copy=True)
     assert "X_binned" not in a.layers
@@ -404,8 +403,9 @@ def test_pp_bin_scgpt_matches_model_input(model, cells):
     tok, _ = model.tokenize(a, rng=3)
     for i in range(a.n_obs):
         row = binned[i].toarray().ravel()
-        np.testing.assert_array_equal(row[tok["columns"][i]], tok["values"][i][1:])
-        assert (row > 0).sum() == tok["n_genes"][i]
+        np.testing.assert_array_equal(row[tok.columns_of(i)[1:]], tok.values_of(i)[1:])
+        assert tok.columns_of(i)[0] == -1
+        assert (row > 0).sum() == tok.n_genes[i]
     assert out.uns["scgpt_binning"]["params"]["rng_seed"] == 3
     lognorm = a.copy()
     sc.pp.log1p(lognorm)

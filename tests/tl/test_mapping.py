@@ -9,7 +9,7 @@ import pytest
 from scipy import sparse
 
 import scfmkit as fm
-from scfmkit.tl._mapping import knn_search, knn_weights, weighted_knn_transfer
+from scfmkit._knn import knn_search, knn_weights, weighted_knn_transfer
 
 
 def _scarches_reference_vote(q, r, labels, k):

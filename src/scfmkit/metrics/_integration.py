@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from scfmkit._checks import detect_input
+from scfmkit._random import as_seed
 from scfmkit._utils import get_matrix, get_modality, is_mudata, logger
-from scfmkit.tl._baselines import _seed, detect_input
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -96,7 +97,7 @@ def _exact_neighbors(X: np.ndarray, k: int):
     """Exact Euclidean kNN (chunked brute force) as scib-metrics' ``NeighborsResults`` (self first)."""
     from scib_metrics.nearest_neighbors import NeighborsResults
 
-    from scfmkit.tl._mapping import knn_search
+    from scfmkit._knn import knn_search
 
     dist, idx = knn_search(X, X, min(k, X.shape[0]), show_progress=False)
     return NeighborsResults(indices=idx, distances=dist)
@@ -143,7 +144,7 @@ def integration(
     ci: float = 0.95,
     n_jobs: int = 1,
     solver: str = "arpack",
-    rng: int | np.random.Generator | None = None,
+    rng: int | np.random.Generator | None = 0,
     mod: str | None = "rna",
 ) -> pd.DataFrame:
     """Score embeddings for batch correction and bio conservation with :class:`scib_metrics.benchmark.Benchmarker`.
@@ -197,7 +198,8 @@ def integration(
     solver
         SVD solver of the unintegrated PCA (Benchmarker's default ``"arpack"``).
     rng
-        Seed for the random floor, PCA and resamples.
+        Seed for the random floor, PCA and resamples. ``rng=None`` draws fresh (unseeded) randomness; the
+        default 0 makes runs reproducible.
     mod
         Modality of a MuData; ``None`` scores the MuData's own ``obs``/``obsm`` (joint embeddings such as WNN, and
         modality embeddings mirrored as ``'<mod>:<key>'``), which needs ``pre_integrated_key``.
@@ -255,7 +257,7 @@ def integration(
         msg = f"obs[{label_key!r}] and obs[{batch_key!r}] must have no missing values; subset the cells first."
         raise ValueError(msg)
 
-    seed = _seed(rng)
+    seed = as_seed(rng)
     gen = np.random.default_rng(seed)
     cont = _container(target, embeddings, batch_key, label_key)
     if pre_integrated_key is not None:

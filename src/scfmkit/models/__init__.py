@@ -8,17 +8,16 @@ subclasses :class:`FoundationModel` and calls :func:`register_model`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ._base import FoundationModel, ModelSpec, available_models, get_spec, register_model
+from ._base import FoundationModel, GeneMatch, ModelSpec, TokenizedCells, available_models, get_spec, register_model
 from ._io import UnsafeFileError, safe_load_pickle, sha256_file
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "FoundationModel",
+    "GeneMatch",
     "ModelSpec",
+    "TokenizedCells",
     "UnsafeFileError",
     "available_models",
     "get_spec",

@@ -193,6 +193,35 @@ def convert_hf_state_dict(sd: dict[str, torch.Tensor], cfg: BertConfig, n_layers
     return out
 
 
+def check_state_dict(sd: dict[str, torch.Tensor], cfg: BertConfig, *, source: object) -> None:
+    """Refuse weights that disagree with ``config.json`` or hold non-finite values, naming the file and the fix.
+
+    Checked at load time, so that a wrong config or corrupted bytes never reach a forward pass (where they would
+    surface as a size mismatch or as NaN embeddings).
+    """
+    mapped = convert_hf_state_dict(sd, cfg, cfg.num_hidden_layers)
+    with torch.device("meta"):
+        expected = BertEncoder(cfg, cfg.num_hidden_layers).state_dict()
+    wrong = [
+        f"{k}: {tuple(v.shape)} in the file, {tuple(expected[k].shape)} from config.json"
+        for k, v in mapped.items()
+        if k in expected and tuple(v.shape) != tuple(expected[k].shape)
+    ]
+    if wrong:
+        msg = (
+            f"The weights in {source} do not match config.json ({len(wrong)} tensors, e.g. {wrong[0]}). Use the "
+            "config.json released with these weights."
+        )
+        raise ValueError(msg)
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        msg = (
+            f"The weights in {source} hold NaN or infinite values in {len(bad)} tensors (e.g. {bad[0]}); the file is "
+            "corrupted. Download it again."
+        )
+        raise ValueError(msg)
+
+
 def random_hf_state_dict(cfg: BertConfig, seed: int) -> dict[str, torch.Tensor]:
     """Seeded random weights for a ``BertForMaskedLM`` with HuggingFace's initialisation scheme.
 

@@ -6,45 +6,16 @@ with zero counts dropped), mapped to token ids and truncated to the model's inpu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from scipy import sparse
 
+from ._tokens import TokenizedCells
+
 __all__ = ["TokenizedCells", "rank_value_tokenize", "rank_value_tokenize_counts", "token_dtype"]
 
 TARGET_SUM = 10_000
-
-
-@dataclass
-class TokenizedCells:
-    """Ragged token ids of many cells: ``input_ids[offsets[i]:offsets[i + 1]]`` is cell ``i``."""
-
-    input_ids: np.ndarray
-    offsets: np.ndarray
-
-    @property
-    def lengths(self) -> np.ndarray:
-        """Number of tokens per cell."""
-        return np.diff(self.offsets)
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    def __getitem__(self, i: int) -> np.ndarray:
-        return self.input_ids[self.offsets[i] : self.offsets[i + 1]]
-
-    @classmethod
-    def concatenate(cls, parts: list[TokenizedCells]) -> TokenizedCells:
-        """Join tokenised chunks in order."""
-        if not parts:
-            return cls(np.zeros(0, np.int32), np.zeros(1, np.int64))
-        ids = np.concatenate([p.input_ids for p in parts])
-        lengths = np.concatenate([p.lengths for p in parts])
-        offsets = np.zeros(len(lengths) + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        return cls(ids, offsets)
 
 
 def token_dtype(token_ids: np.ndarray, cls_token: int | None = None, eos_token: int | None = None) -> np.dtype:

@@ -7,21 +7,19 @@ cells are batched by length, only the layers up to the requested one run, and th
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .._utils import check_nonnegative_finite, get_matrix, logger, progress
-from ._base import FoundationModel, ModelSpec, register_model
-from ._io import hub_download, load_state_dict, safe_load_pickle, sha256_file
+from .._checks import check_nonnegative_finite, get_matrix
+from .._utils import progress
+from ._base import FoundationModel, GeneMatch, ModelSpec, autocast, register_model
+from ._geneformer_io import GeneformerVocab, detect_variant, read_checkpoint, write_random_checkpoint
 from ._rank_tokenize import TokenizedCells, rank_value_tokenize_counts, token_dtype
 
 if TYPE_CHECKING:
@@ -30,141 +28,16 @@ if TYPE_CHECKING:
 
     from ._bert import BertConfig, BertEncoder
 
-__all__ = ["GeneMatch", "GeneformerModel", "GeneformerVocab", "detect_variant", "write_random_checkpoint"]
+__all__ = [
+    "GeneMatch",
+    "GeneformerModel",
+    "GeneformerVocab",
+    "detect_variant",
+    "load_geneformer",
+    "write_random_checkpoint",
+]
 
 _ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
-_DICT_PREFIXES = {
-    "token_dict": "token_dictionary",
-    "medians": "gene_median_dictionary",
-    "name_to_id": "gene_name_id_dict",
-    "id_mapping": "ensembl_mapping_dict",
-}
-
-
-def _find_dict(directory: Path, prefix: str) -> Path | None:
-    hits = sorted(directory.glob(f"{prefix}*.pkl"))
-    if len(hits) > 1:
-        msg = f"Found several {prefix}*.pkl files in {directory}: {[h.name for h in hits]}; keep one."
-        raise ValueError(msg)
-    return hits[0] if hits else None
-
-
-@dataclass
-class GeneformerVocab:
-    """The dictionaries of a Geneformer release.
-
-    Attributes
-    ----------
-    token_dict
-        Ensembl id (and special tokens such as ``<pad>``, ``<cls>``) -> token id.
-    medians
-        Ensembl id -> non-zero median of the gene's normalised expression in the pretraining corpus.
-    name_to_id
-        Gene symbol -> Ensembl id (optional).
-    id_mapping
-        Ensembl id -> collapsed Ensembl id (V2; optional). Duplicates after mapping are summed.
-    """
-
-    token_dict: dict[str, int]
-    medians: dict[str, float]
-    name_to_id: dict[str, str] | None = None
-    id_mapping: dict[str, str] | None = None
-    files: dict[str, str] = field(default_factory=dict)
-
-    @classmethod
-    def from_dir(cls, directory: str | Path) -> GeneformerVocab:
-        """Read the dictionaries of ``directory`` through the restricted unpickler."""
-        directory = Path(directory)
-        found = {attr: _find_dict(directory, prefix) for attr, prefix in _DICT_PREFIXES.items()}
-        for attr in ("token_dict", "medians"):
-            if found[attr] is None:
-                msg = (
-                    f"{directory} has no {_DICT_PREFIXES[attr]}*.pkl; a Geneformer folder needs config.json, "
-                    "token_dictionary*.pkl and gene_median_dictionary*.pkl."
-                )
-                raise FileNotFoundError(msg)
-        loaded = {attr: (safe_load_pickle(p) if p is not None else None) for attr, p in found.items()}
-        for attr, value in loaded.items():
-            if value is not None and not isinstance(value, dict):
-                msg = f"{found[attr].name} should hold a dict, got {type(value).__name__}."
-                raise ValueError(msg)
-        token_dict = {str(k): int(v) for k, v in loaded["token_dict"].items()}
-        medians = {str(k): float(v) for k, v in loaded["medians"].items()}
-        return cls(
-            token_dict=token_dict,
-            medians=medians,
-            name_to_id=loaded["name_to_id"],
-            id_mapping=loaded["id_mapping"],
-            files={attr: p.name for attr, p in found.items() if p is not None},
-        )
-
-    @property
-    def special_tokens(self) -> bool:
-        """Whether the vocabulary has ``<cls>`` and ``<eos>`` (Geneformer V2)."""
-        return "<cls>" in self.token_dict and "<eos>" in self.token_dict
-
-    @property
-    def pad_id(self) -> int:
-        """Token id of ``<pad>``."""
-        return self.token_dict.get("<pad>", 0)
-
-
-@dataclass
-class GeneMatch:
-    """How the genes of an AnnData map onto model tokens.
-
-    Attributes
-    ----------
-    ensembl
-        Per ``var`` entry: the (collapsed) Ensembl id used, or ``None``.
-    column
-        Per ``var`` entry: its column among the unique matched genes, or -1.
-    token_ids, medians
-        Per unique matched gene (column): its token id and median.
-    id_type
-        ``"ensembl"`` or ``"symbol"``: what the input gene names were.
-    """
-
-    ensembl: list[str | None]
-    column: np.ndarray
-    token_ids: np.ndarray
-    medians: np.ndarray
-    id_type: str
-
-    @property
-    def n_matched_vars(self) -> int:
-        """Number of ``var`` entries that map to a token."""
-        return int((self.column >= 0).sum())
-
-    @property
-    def has_duplicates(self) -> bool:
-        """Whether several ``var`` entries map to the same token (their counts are then summed)."""
-        return self.n_matched_vars > len(self.token_ids)
-
-    def gather(self, X: sparse.csr_matrix) -> sparse.csr_matrix:
-        """Cells x tokens: the counts of ``X`` summed per token, indices sorted.
-
-        Needed only when :attr:`has_duplicates`; otherwise the tokeniser reads the matched columns of ``X`` in place.
-        """
-        return (X @ self.aggregation_matrix()).tocsr().sorted_indices()
-
-    def aggregation_matrix(self) -> sparse.csr_matrix:
-        """``n_vars x n_tokens`` 0/1 matrix; ``X @ A`` sums the counts of ``var`` entries that share a token."""
-        rows = np.flatnonzero(self.column >= 0)
-        return sparse.csr_matrix(
-            (np.ones(len(rows), np.float32), (rows, self.column[rows])), shape=(len(self.column), len(self.token_ids))
-        )
-
-
-def detect_variant(directory: str | Path) -> str:
-    """Registry name of the Geneformer in ``directory``, from its dictionaries (``<cls>``/``<eos>`` => V2)."""
-    directory = Path(directory)
-    tok = _find_dict(directory, "token_dictionary")
-    if tok is None:
-        msg = f"{directory} has no token_dictionary*.pkl; cannot tell the Geneformer variant."
-        raise FileNotFoundError(msg)
-    vocab = safe_load_pickle(tok)
-    return "geneformer-v2" if ("<cls>" in vocab and "<eos>" in vocab) else "geneformer-v1"
 
 
 class GeneformerModel(FoundationModel):
@@ -174,6 +47,7 @@ class GeneformerModel(FoundationModel):
     """
 
     family = "geneformer"
+    capabilities: ClassVar[frozenset[str]] = frozenset({"in_silico_perturbation"})
 
     def __init__(
         self,
@@ -197,6 +71,11 @@ class GeneformerModel(FoundationModel):
         self.device = device
         self._state_dict = state_dict
         self._encoders: dict[tuple[int, str], BertEncoder] = {}
+        # the median of every token id (NaN for special tokens), for the tokeniser's normalisation
+        self._token_medians = np.full(max(vocab.token_dict.values()) + 1, np.nan)
+        for gid, tok in vocab.token_dict.items():
+            if gid in vocab.medians:
+                self._token_medians[tok] = vocab.medians[gid]
         max_token = max(vocab.token_dict.values())
         if max_token >= self.config.vocab_size:
             msg = (
@@ -220,6 +99,11 @@ class GeneformerModel(FoundationModel):
         """Number of transformer layers."""
         return self.config.num_hidden_layers
 
+    @property
+    def hidden_size(self) -> int:
+        """Width of the embeddings."""
+        return self.config.hidden_size
+
     def __repr__(self) -> str:
         return (
             f"GeneformerModel({self.name!r}, variant={self.variant}, layers={self.n_layers}, "
@@ -227,7 +111,7 @@ class GeneformerModel(FoundationModel):
         )
 
     # ------------------------------------------------------------------ genes
-    def match_genes(self, genes: pd.Index | list[str], *, gene_id_type: str = "auto") -> GeneMatch:
+    def match_genes(self, genes: Sequence[str] | pd.Index, *, gene_id_type: str = "auto") -> GeneMatch:
         """Map gene names (Ensembl ids or symbols) onto the model's tokens.
 
         Symbols go through the model's ``gene_name_id_dict``; with an ``ensembl_mapping_dict`` (V2) ids are then
@@ -252,25 +136,13 @@ class GeneformerModel(FoundationModel):
             mapping = self.vocab.id_mapping
             ids = [mapping.get(i.upper()) if i is not None else None for i in ids]
         token_dict, medians = self.vocab.token_dict, self.vocab.medians
-        column = np.full(len(ids), -1, np.int64)
-        first: dict[str, int] = {}
-        for j, gid in enumerate(ids):
-            if gid is None or gid not in token_dict or gid not in medians:
-                continue
-            column[j] = first.setdefault(gid, len(first))
-        uniq = list(first)
-        return GeneMatch(
-            ensembl=ids,
-            column=column,
-            token_ids=np.array([token_dict[g] for g in uniq], dtype=np.int64),
-            medians=np.array([medians[g] for g in uniq], dtype=np.float64),
-            id_type=gene_id_type,
+        return GeneMatch.from_ids(
+            ids, lambda g: token_dict[g] if g in token_dict and g in medians else None, gene_id_type
         )
 
-    def match_adata(self, adata: AnnData, *, gene_key: str | None = None, gene_id_type: str = "auto") -> GeneMatch:
-        """:meth:`match_genes` on ``adata.var_names`` or the ``var`` column ``gene_key``."""
-        genes = adata.var_names if gene_key is None else _var_column(adata, gene_key)
-        return self.match_genes(genes, gene_id_type=gene_id_type)
+    def _medians(self, match: GeneMatch) -> np.ndarray:
+        """The median of each unique matched gene (float64, in ``match.token_ids`` order)."""
+        return self._token_medians[match.token_ids]
 
     # ------------------------------------------------------------------ tokens
     def iter_tokenize(
@@ -294,8 +166,9 @@ class GeneformerModel(FoundationModel):
         if input not in {"counts", "lognorm"}:
             msg = f"`input` must be 'counts' or 'lognorm', got {input!r}."
             raise ValueError(msg)
+        chunk_size = self.check_chunk_size(chunk_size)
         match = match or self.match_adata(adata, gene_key=gene_key, gene_id_type=gene_id_type)
-        if match.n_matched_vars == 0:
+        if match.n_vars_matched == 0:
             msg = (
                 f"None of the {adata.n_vars} genes match {self.name}'s vocabulary (read as {match.id_type}s"
                 f"{'' if gene_key is None else f' from var[{gene_key!r}]'}). Pass `gene_key=` naming a var column "
@@ -325,7 +198,7 @@ class GeneformerModel(FoundationModel):
             tokens, kept, matched = rank_value_tokenize_counts(
                 counts,
                 n_counts,
-                match.medians,
+                self._medians(match),
                 match.token_ids,
                 max_genes=max_genes,
                 cls_token=cls_id,
@@ -364,7 +237,7 @@ class GeneformerModel(FoundationModel):
             parts.append(tokens)
             total += stats["total"]
             matched += stats["matched"]
-        coverage = self._coverage(adata.n_vars, match, total, matched)
+        coverage = self._coverage(match, total, matched)
         if out is None:
             return TokenizedCells.concatenate(parts), coverage
         lengths = np.concatenate([p.lengths for p in parts]) if parts else np.zeros(0, np.int64)
@@ -372,25 +245,9 @@ class GeneformerModel(FoundationModel):
         np.cumsum(lengths, out=offsets[1:])
         return TokenizedCells(out[: offsets[-1]], offsets), coverage
 
-    @staticmethod
-    def _coverage(n_vars: int, match: GeneMatch, total: float, matched: float) -> dict[str, Any]:
-        cov = {
-            "n_vars": int(n_vars),
-            "n_vars_matched": match.n_matched_vars,
-            "n_genes_matched": len(match.token_ids),
-            "frac_vars_matched": match.n_matched_vars / max(n_vars, 1),
-            "frac_counts_matched": matched / total if total > 0 else float("nan"),
-            "gene_id_type": match.id_type,
-        }
-        logger.info(
-            "Geneformer gene coverage: %d/%d genes matched (%.1f%%), %.1f%% of counts",
-            cov["n_vars_matched"],
-            n_vars,
-            100 * cov["frac_vars_matched"],
-            100 * cov["frac_counts_matched"],
-        )
-        if cov["frac_vars_matched"] < 0.2:
-            logger.warning("Only %.1f%% of genes match the Geneformer vocabulary.", 100 * cov["frac_vars_matched"])
+    def _coverage(self, match: GeneMatch, total: float, matched: float) -> dict[str, Any]:
+        cov = match.coverage(total=total, matched=matched)
+        self.log_coverage(cov)
         return cov
 
     # ------------------------------------------------------------------ forward
@@ -420,7 +277,7 @@ class GeneformerModel(FoundationModel):
         *,
         emb_layer: int = -1,
         pooling: str = "mean",
-        batch_size: int = 32,
+        batch_size: int | None = None,
         device: str | None = None,
         precision: str = "float32",
         gene_sums: tuple[np.ndarray, np.ndarray] | None = None,
@@ -447,7 +304,7 @@ class GeneformerModel(FoundationModel):
         tokens: TokenizedCells,
         *,
         outputs: list[tuple[int, str]],
-        batch_size: int = 32,
+        batch_size: int | None = None,
         device: str | None = None,
         precision: str = "float32",
         gene_sums: tuple[np.ndarray, np.ndarray] | None = None,
@@ -459,8 +316,6 @@ class GeneformerModel(FoundationModel):
         """
         import torch
 
-        from .._settings import settings
-
         special = self.vocab.special_tokens
         for _, pooling in outputs:
             if pooling not in {"mean", "cls"}:
@@ -470,17 +325,18 @@ class GeneformerModel(FoundationModel):
                 msg = f"{self.name} has no <cls> token (Geneformer V1); use `pooling='mean'` or a V2 model."
                 raise ValueError(msg)
         layer_of = {out: self._layers_for(out[0]) for out in outputs}
-        device = settings.resolve_device(device or self.device)
+        batch_size = self.resolve_batch_size(batch_size)
+        device = self.resolve_device(device)
+        autocast_ctx = autocast(device, precision)
         enc = self.encoder(max(layer_of.values()), device)
         wanted = tuple(sorted(set(layer_of.values())))
-        autocast = _autocast(device, precision)
         lengths = tokens.lengths
         order = np.argsort(-lengths, kind="stable")
         result = {out: np.empty((len(tokens), self.config.hidden_size), np.float32) for out in outputs}
         pad = self.vocab.pad_id
         skip = 1 if special else 0
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), autocast_ctx:
             for idx in progress(batches, desc="geneformer", unit="batch", enabled=show_progress):
                 lens = lengths[idx]
                 n = int(lens.max())
@@ -517,7 +373,7 @@ class GeneformerModel(FoundationModel):
         input: str = "counts",
         emb_layer: int = -1,
         pooling: str = "mean",
-        batch_size: int = 32,
+        batch_size: int | None = None,
         device: str | None = None,
         precision: str = "float32",
         chunk_size: int = 4096,
@@ -528,9 +384,15 @@ class GeneformerModel(FoundationModel):
             msg = f"Unknown option(s) for Geneformer: {sorted(kwargs)}."
             raise TypeError(msg)
         self._layers_for(emb_layer)
+        if pooling not in {"mean", "cls"}:
+            msg = f"`pooling` must be 'mean' or 'cls', got {pooling!r}."
+            raise ValueError(msg)
         if pooling == "cls" and not self.vocab.special_tokens:
             msg = f"{self.name} has no <cls> token (Geneformer V1); use `pooling='mean'` or a V2 model."
             raise ValueError(msg)
+        batch_size = self.resolve_batch_size(batch_size)
+        chunk_size = self.check_chunk_size(chunk_size)
+        autocast(self.resolve_device(device), precision)  # a wrong name fails before any work
         match = self.match_adata(adata, gene_key=gene_key, gene_id_type=gene_id_type)
         out = np.empty((adata.n_obs, self.config.hidden_size), np.float32)
         total = matched = 0.0
@@ -559,7 +421,7 @@ class GeneformerModel(FoundationModel):
             "layer": layer,
             "gene_key": gene_key,
             "precision": precision,
-            **self._coverage(adata.n_vars, match, total, matched),
+            **self._coverage(match, total, matched),
         }
         return out, params
 
@@ -573,19 +435,30 @@ class GeneformerModel(FoundationModel):
         gene_id_type: str = "auto",
         input: str = "counts",
         emb_layer: int = -1,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         device: str | None = None,
         precision: str = "float32",
         chunk_size: int = 4096,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Gene embeddings in ``adata.var`` order (see :func:`scfmkit.tl.embed_genes`)."""
+        if kind not in {"contextual", "token"}:
+            msg = f"`kind` must be 'contextual' or 'token', got {kind!r}."
+            raise ValueError(msg)
         match = self.match_adata(adata, gene_key=gene_key, gene_id_type=gene_id_type)
+        if match.n_vars_matched == 0:
+            msg = (
+                f"None of the {adata.n_vars} genes match {self.name}'s vocabulary (read as {match.id_type}s"
+                f"{'' if gene_key is None else f' from var[{gene_key!r}]'}). Pass `gene_key=` naming a var column "
+                "with Ensembl ids or gene symbols."
+            )
+            raise ValueError(msg)
         h = self.config.hidden_size
         if kind == "token":
             table = self._state_dict_tensor("embeddings.word_embeddings.weight").float().numpy()
             per_token = table
             n_seen = None
-        elif kind == "contextual":
+        else:
+            batch_size = self.resolve_batch_size(batch_size)
             sums = np.zeros((self.config.vocab_size, h), np.float64)
             counts = np.zeros(self.config.vocab_size, np.int64)
             for _, tokens, _ in self.iter_tokenize(
@@ -602,13 +475,10 @@ class GeneformerModel(FoundationModel):
             with np.errstate(invalid="ignore", divide="ignore"):
                 per_token = (sums / counts[:, None]).astype(np.float32)
             n_seen = counts
-        else:
-            msg = f"`kind` must be 'contextual' or 'token', got {kind!r}."
-            raise ValueError(msg)
         out = np.full((adata.n_vars, h), np.nan, np.float32)
         has = match.column >= 0
         out[has] = per_token[match.token_ids[match.column[has]]]
-        params: dict[str, Any] = {"n_vars_matched": match.n_matched_vars, "gene_id_type": match.id_type}
+        params: dict[str, Any] = match.coverage()
         if n_seen is not None:
             params |= {"emb_layer": emb_layer, "n_genes_seen": int((n_seen[match.token_ids] > 0).sum())}
         return out, params
@@ -647,13 +517,6 @@ def _row_block(X: Any, rows: slice) -> sparse.csr_matrix:
     return chunk
 
 
-def _var_column(adata: AnnData, key: str) -> pd.Index:
-    if key not in adata.var:
-        msg = f"`gene_key={key!r}` is not a column of adata.var (columns: {list(adata.var.columns)})."
-        raise KeyError(msg)
-    return pd.Index(adata.var[key].astype(str))
-
-
 def _check_values(chunk: sparse.csr_matrix, *, input: str, layer: str | None, offset: int) -> None:
     data = chunk.data
     if data.size == 0:
@@ -679,80 +542,6 @@ def _check_values(chunk: sparse.csr_matrix, *, input: str, layer: str | None, of
         raise ValueError(msg)
 
 
-def _autocast(device: str, precision: str):
-    import contextlib
-
-    import torch
-
-    if precision in {"float32", "fp32"}:
-        return contextlib.nullcontext()
-    dtypes = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if precision not in dtypes:
-        msg = f"`precision` must be 'float32', 'bfloat16' or 'float16', got {precision!r}."
-        raise ValueError(msg)
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtypes[precision])
-
-
-# ---------------------------------------------------------------------- loading
-@dataclass(frozen=True)
-class _HubLayout:
-    repo: str
-    weights_subfolder: str
-    dictionaries: tuple[str, ...]
-    revision: str | None = None
-
-
-_HUB = {
-    "geneformer-v1": _HubLayout(
-        "ctheodoris/Geneformer",
-        "Geneformer-V1-10M",
-        (
-            "geneformer/gene_dictionaries_30m/token_dictionary_gc30M.pkl",
-            "geneformer/gene_dictionaries_30m/gene_median_dictionary_gc30M.pkl",
-            "geneformer/gene_dictionaries_30m/gene_name_id_dict_gc30M.pkl",
-            "geneformer/gene_dictionaries_30m/ensembl_mapping_dict_gc30M.pkl",
-        ),
-    ),
-    "geneformer-v2": _HubLayout(
-        "ctheodoris/Geneformer",
-        "gf-12L-95M-i4096",
-        (
-            "geneformer/token_dictionary_gc95M.pkl",
-            "geneformer/gene_median_dictionary_gc95M.pkl",
-            "geneformer/gene_name_id_dict_gc95M.pkl",
-            "geneformer/ensembl_mapping_dict_gc95M.pkl",
-        ),
-    ),
-}
-
-
-def _from_hub(name: str, *, weights: str) -> Path:
-    """Assemble a local folder in the released layout from hub files (cached under settings.cache_dir)."""
-    from .._settings import settings
-
-    layout = _HUB[name]
-    target = Path(settings.cache_dir) / "models" / name
-    target.mkdir(parents=True, exist_ok=True)
-    files = ["config.json"] + (["model.safetensors"] if weights == "pretrained" else [])
-    wdir = hub_download(layout.repo, subfolder=layout.weights_subfolder, filenames=files, name=name)
-    for f in files:
-        if not (target / f).exists():
-            shutil.copyfile(wdir / f, target / f)
-    for path in layout.dictionaries:
-        sub, fname = path.rsplit("/", 1)
-        ddir = hub_download(layout.repo, subfolder=sub, filenames=[fname], name=name)
-        if not (target / fname).exists():
-            shutil.copyfile(ddir / fname, target / fname)
-    return target
-
-
-def _weights_file(directory: Path) -> Path | None:
-    for fname in ("model.safetensors", "pytorch_model.bin"):
-        if (directory / fname).is_file():
-            return directory / fname
-    return None
-
-
 def load_geneformer(
     directory: Path | None,
     *,
@@ -762,80 +551,12 @@ def load_geneformer(
     name: str | None = None,
 ) -> GeneformerModel:
     """Load a Geneformer folder in the released layout (or the hub), or build it with random weights."""
-    if directory is None:
-        if name is None:
-            msg = "No Geneformer directory given."
-            raise ValueError(msg)
-        directory = _from_hub(name, weights=weights)
-    directory = Path(directory)
-    if not (directory / "config.json").is_file():
-        msg = f"{directory} has no config.json; a Geneformer folder holds config.json, weights and dictionaries."
-        raise FileNotFoundError(msg)
-    config = json.loads((directory / "config.json").read_text())
-    vocab = GeneformerVocab.from_dir(directory)
-    detected = "geneformer-v2" if vocab.special_tokens else "geneformer-v1"
-    if name is not None and name != detected:
-        logger.warning(
-            "%s was asked for but the dictionaries in %s are %s's; using %s.", name, directory, detected, detected
-        )
-    from ._bert import BertConfig, random_hf_state_dict
-
-    if weights == "random":
-        state_dict = random_hf_state_dict(BertConfig.from_dict(config), seed)
-        weights_id = f"random:{seed}"
-    else:
-        wfile = _weights_file(directory)
-        if wfile is None:
-            msg = (
-                f"{directory} has no model.safetensors or pytorch_model.bin. Put the released weights there, or pass "
-                "`weights='random'` for the foundationless control with the same architecture and dictionaries."
-            )
-            raise FileNotFoundError(msg)
-        state_dict = load_state_dict(wfile)
-        weights_id = f"sha256:{sha256_file(wfile)}"
+    config, vocab, state_dict, weights_id, directory, detected = read_checkpoint(
+        directory, weights=weights, seed=seed, name=name
+    )
     return GeneformerModel(
         config, vocab, state_dict, name=detected, weights_id=weights_id, source=str(directory), device=device
     )
-
-
-def write_random_checkpoint(
-    out_dir: str | Path,
-    dictionaries_dir: str | Path,
-    *,
-    seed: int = 0,
-    num_hidden_layers: int | None = None,
-    hidden_size: int | None = None,
-    num_attention_heads: int | None = None,
-    intermediate_size: int | None = None,
-) -> Path:
-    """Write a seeded random-weight ``BertForMaskedLM`` in the released Geneformer folder layout.
-
-    ``out_dir`` receives ``config.json`` (the one in ``dictionaries_dir`` with the given sizes overridden),
-    ``model.safetensors`` (every ``BertForMaskedLM`` weight, MLM head included, HuggingFace names) and copies of the
-    dictionaries. Used by the tests and to make small stand-in checkpoints with the real vocabularies.
-    """
-    from safetensors.torch import save_file
-
-    from ._bert import BertConfig, random_hf_state_dict
-
-    out_dir, src = Path(out_dir), Path(dictionaries_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config = json.loads((src / "config.json").read_text())
-    overrides = {
-        "num_hidden_layers": num_hidden_layers,
-        "hidden_size": hidden_size,
-        "num_attention_heads": num_attention_heads,
-        "intermediate_size": intermediate_size,
-    }
-    config.update({k: v for k, v in overrides.items() if v is not None})
-    sd = random_hf_state_dict(BertConfig.from_dict(config), seed)
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2))
-    for prefix in _DICT_PREFIXES.values():
-        p = _find_dict(src, prefix)
-        if p is not None:
-            shutil.copyfile(p, out_dir / p.name)
-    return out_dir
 
 
 def _loader(name: str):
@@ -845,6 +566,7 @@ def _loader(name: str):
     return load
 
 
+_TINY = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64}
 _NEEDS = "raw counts (or log1p-normalised with input='lognorm'); Ensembl ids or symbols"
 register_model(
     ModelSpec(
@@ -855,6 +577,9 @@ register_model(
         hub_repo="ctheodoris/Geneformer",
         hub_subfolder="Geneformer-V1-10M",
         needs=_NEEDS,
+        write_random=write_random_checkpoint,
+        vocab_dir="geneformer-v1",
+        tiny=_TINY,
     )
 )
 register_model(
@@ -867,5 +592,8 @@ register_model(
         hub_subfolder="gf-12L-95M-i4096",
         needs=_NEEDS,
         aliases=("geneformer-v2-gc95M",),
+        write_random=write_random_checkpoint,
+        vocab_dir="geneformer-v2-gc95M",
+        tiny=_TINY,
     )
 )

@@ -8,59 +8,37 @@ download it and pass the folder, or put it at ``$SCFMKIT_MODELS_DIR/scgpt-human`
 
 from __future__ import annotations
 
-import json
-import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 from scipy import sparse
 
-from scfmkit._settings import settings
-from scfmkit._utils import check_nonnegative_finite, get_matrix, get_modality, logger, progress, sanitize_params
-
-from ._base import FoundationModel, ModelSpec, register_model
+from .._checks import check_nonnegative_finite, get_matrix
+from .._random import as_seed
+from .._utils import logger, progress
+from ._base import FoundationModel, GeneMatch, ModelSpec, TokenizedCells, autocast, register_model
+from ._scgpt_io import (
+    CLS_TOKEN,
+    PAD_TOKEN,
+    SPECIAL_TOKENS,
+    find_weights,
+    load_weights,
+    read_args,
+    read_vocab,
+    write_random_checkpoint,
+)
 
 if TYPE_CHECKING:
+    import pandas as pd
     from anndata import AnnData
-    from mudata import MuData
 
     from ._scgpt_model import ScGPTEncoder
 
-__all__ = ["ScGPTModel", "bin_scgpt", "load_scgpt", "write_random_checkpoint"]
+__all__ = ["ScGPTModel", "load_scgpt", "write_random_checkpoint"]
 
 NAME = "scgpt-human"
-PAD_TOKEN = "<pad>"
-CLS_TOKEN = "<cls>"
-SPECIAL_TOKENS = (PAD_TOKEN, CLS_TOKEN, "<eoc>")
-WEIGHT_FILES = ("best_model.pt", "model.safetensors")
-_PRECISIONS = {"float32": None, "bfloat16": "bfloat16", "float16": "float16"}
-
-
-def _read_vocab(path: Path) -> dict[str, int]:
-    with open(path) as f:
-        vocab = json.load(f)
-    if not isinstance(vocab, dict) or not all(isinstance(v, int) for v in vocab.values()):
-        msg = f"{path} is not an scGPT vocabulary (a JSON object mapping gene symbols to integer ids)."
-        raise ValueError(msg)
-    ids = sorted(vocab.values())
-    if ids != list(range(len(ids))):
-        msg = f"{path}: token ids must be 0..{len(ids) - 1} without gaps or repeats."
-        raise ValueError(msg)
-    # the reference appends missing special tokens at the end
-    for tok in SPECIAL_TOKENS:
-        if tok not in vocab:
-            vocab[tok] = len(vocab)
-    return vocab
-
-
-def _read_args(path: Path) -> dict[str, Any]:
-    with open(path) as f:
-        args = json.load(f)
-    if not isinstance(args, dict):
-        msg = f"{path} is not an scGPT args.json (a JSON object)."
-        raise ValueError(msg)
-    return args
 
 
 class ScGPTModel(FoundationModel):
@@ -80,6 +58,7 @@ class ScGPTModel(FoundationModel):
     """
 
     family = "scgpt"
+    capabilities: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self,
@@ -103,54 +82,64 @@ class ScGPTModel(FoundationModel):
         self.pad_value = float(args.get("pad_value", -2))
         self.n_bins = int(args.get("n_bins", 51))
         self.max_length = int(args.get("max_seq_len", 1200))
-        self.device = settings.resolve_device(device)
-        self.module.to(self.device)
+        self.device = device
+        self._on = "cpu"  # where the module's weights are now; moved per call (see _run)
         for p in self.module.parameters():
             p.requires_grad_(False)
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the embeddings (``embsize`` of ``args.json``)."""
+        return int(self.module.cfg.d_model)
+
+    @property
+    def n_layers(self) -> int:
+        """Number of transformer layers."""
+        return int(self.module.cfg.nlayers)
+
+    def _module_on(self, device: str | None) -> str:
+        dev = self.resolve_device(device)
+        if dev != self._on:
+            self.module.to(dev)
+            self._on = dev
+        return dev
 
     def __repr__(self) -> str:
         c = self.module.cfg
         return (
             f"ScGPTModel(name={self.name!r}, weights={self.weights_id[:20]!r}, layers={c.nlayers}, "
-            f"d_model={c.d_model}, vocab={c.ntoken}, device={self.device!r})"
+            f"d_model={c.d_model}, vocab={c.ntoken}, device={self._on!r})"
         )
 
     # ------------------------------------------------------------------ genes and tokens
 
-    def match_genes(self, adata: AnnData, *, gene_key: str | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        """Vocabulary id of every gene of ``adata`` (``-1`` if absent), matched by symbol, and the coverage."""
-        if gene_key is None:
-            names = adata.var_names.astype(str)
-        elif gene_key in adata.var:
-            names = adata.var[gene_key].astype(str)
-        else:
-            msg = f"`gene_key={gene_key!r}` is not a column of adata.var (columns: {list(adata.var.columns)})."
-            raise KeyError(msg)
-        specials = set(SPECIAL_TOKENS)
-        ids = np.array([-1 if n in specials else self.vocab.get(n, -1) for n in names], dtype=np.int64)
-        n_matched = int((ids >= 0).sum())
-        coverage = {
-            "n_genes_matched": n_matched,
-            "n_genes_input": int(ids.size),
-            "gene_coverage": float(n_matched / max(ids.size, 1)),
-        }
-        where = "var_names" if gene_key is None else f"var[{gene_key!r}]"
-        if n_matched == 0:
-            example = list(names[:3])
+    def match_genes(self, genes: Sequence[str] | pd.Index, *, gene_id_type: str = "auto") -> GeneMatch:
+        """Vocabulary token of every gene name (HGNC symbols, as scGPT's vocabulary; special tokens never match)."""
+        if gene_id_type not in {"auto", "symbol"}:
             msg = (
-                f"None of the {ids.size} genes in {where} (e.g. {example}) is in the scGPT vocabulary, which uses "
-                "HGNC gene symbols (e.g. 'CD3E'). Pass `gene_key=` naming a var column with gene symbols."
+                f"scGPT's vocabulary holds gene symbols; `gene_id_type` must be 'auto' or 'symbol', got "
+                f"{gene_id_type!r}. Pass `gene_key=` naming a var column with symbols."
             )
             raise ValueError(msg)
-        logger.info("scGPT: %d/%d genes of %s are in the vocabulary.", n_matched, ids.size, where)
-        if coverage["gene_coverage"] < 0.5:
-            logger.warning(
-                "scGPT: only %d of %d genes (%.0f%%) matched the vocabulary by symbol; check `gene_key`.",
-                n_matched,
-                ids.size,
-                100 * coverage["gene_coverage"],
+        specials, vocab = set(SPECIAL_TOKENS), self.vocab
+        names = [str(g) for g in genes]
+        return GeneMatch.from_ids(names, lambda n: None if n in specials else vocab.get(n), "symbol")
+
+    def _match(self, adata: AnnData, gene_key: str | None) -> GeneMatch:
+        """:meth:`match_adata` with the clear error of no match at all, and the coverage logged."""
+        match = self.match_adata(adata, gene_key=gene_key)
+        if match.n_vars_matched == 0:
+            where = "var_names" if gene_key is None else f"var[{gene_key!r}]"
+            example = list(match.gene_ids[:3])
+            msg = (
+                f"None of the {match.n_vars} genes in {where} (e.g. {example}) is in the scGPT vocabulary, which uses "
+                "HGNC gene symbols (e.g. 'CD3E'). Pass `gene_key=` naming a var column with gene symbols."
             )
-        return ids, coverage
+            if any(str(g) != str(g).upper() for g in example):
+                msg += " Human symbols are upper case; lower-case names are not matched."
+            raise ValueError(msg)
+        self.log_coverage(match.coverage())
+        return match
 
     def _prepare(
         self,
@@ -168,15 +157,14 @@ class ScGPTModel(FoundationModel):
         chunks of ``chunk_size`` cells whenever its values are needed, so memory stays bounded.
         """
         max_length = int(max_length or self.max_length)
+        chunk_size = self.check_chunk_size(chunk_size)
         if max_length < 2:
             msg = f"`max_length` must be at least 2 (<cls> plus one gene), got {max_length}."
             raise ValueError(msg)
-        if chunk_size < 1:
-            msg = f"`chunk_size` must be positive, got {chunk_size}."
-            raise ValueError(msg)
         X = get_matrix(adata, layer)
         what = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-        ids, coverage = self.match_genes(adata, gene_key=gene_key)
+        match = self._match(adata, gene_key)
+        ids, coverage = match.var_tokens, match.coverage()
         cols = np.flatnonzero(ids >= 0)
         if sparse.issparse(X) or isinstance(X, np.ndarray):
             check_nonnegative_finite(X, what=what)
@@ -189,7 +177,7 @@ class ScGPTModel(FoundationModel):
                 block = X[start : start + chunk_size]
                 check_nonnegative_finite(block, what=f"{what} (rows from {start})")
                 n_genes[start : start + chunk_size] = _positive_per_row(_matched(block, cols))
-        base_seed = _base_seed(rng)
+        base_seed = as_seed(rng)
         if not adata.obs_names.is_unique:
             logger.warning("scGPT: obs_names are not unique; cells with the same name share random draws.")
         n_empty = int((n_genes == 0).sum())
@@ -271,10 +259,11 @@ class ScGPTModel(FoundationModel):
 
         Returns
         -------
-        ``(cells, params)`` (the contract of :func:`scfmkit.pp.tokenize`): ``cells`` holds ``tokens``, ``values``
-        and ``columns`` (per-cell arrays in input order: token ids, input values, ``adata.var`` positions of the
-        genes used), ``n_genes`` (non-zero matched genes per cell) and ``gene_ids`` (vocabulary id per var, ``-1``
-        if absent); ``params`` the gene coverage and preprocessing parameters.
+        ``(cells, params)`` (the contract of :func:`scfmkit.pp.tokenize`): ``cells`` is a
+        :class:`~scfmkit.models.TokenizedCells` in input order with token ids, ``values`` (input values, the
+        ``<cls>`` token's is ``pad_value``), ``columns`` (``adata.var`` positions of the genes used, -1 for
+        ``<cls>``) and ``n_genes`` (non-zero matched genes per cell); ``params`` the gene coverage and the
+        preprocessing parameters.
         """
         prep = self._prepare(
             adata, layer=layer, gene_key=gene_key, max_length=max_length, rng=rng, chunk_size=chunk_size
@@ -285,13 +274,12 @@ class ScGPTModel(FoundationModel):
             tokens += t
             values += v
             columns += c
-        cells = {
-            "tokens": tokens,
-            "values": values,
-            "columns": columns,
-            "n_genes": prep["n_genes"],
-            "gene_ids": prep["gene_ids"],
-        }
+        cells = TokenizedCells.from_lists(
+            tokens,
+            values=values,
+            columns=[np.concatenate([[-1], c]) for c in columns],  # -1: the <cls> token
+            n_genes=prep["n_genes"],
+        )
         return cells, prep["params"]
 
     # ------------------------------------------------------------------ forward passes
@@ -335,23 +323,14 @@ class ScGPTModel(FoundationModel):
     ) -> str:
         import torch
 
-        if precision not in _PRECISIONS:
-            msg = f"`precision` must be one of {list(_PRECISIONS)}, got {precision!r}."
-            raise ValueError(msg)
-        if batch_size < 1:
-            msg = f"`batch_size` must be positive, got {batch_size}."
-            raise ValueError(msg)
-        dev = settings.resolve_device(device or self.device)
-        if dev != self.device:
-            self.module.to(dev)
-            self.device = dev
-        dtype = getattr(torch, _PRECISIONS[precision]) if _PRECISIONS[precision] else None
-        dev_type = torch.device(dev).type
+        batch_size = self.resolve_batch_size(batch_size)
+        autocast_ctx = autocast(self.resolve_device(device), precision)
+        dev = self._module_on(device)
         n_cells = prep["lengths"].size
         step = n_cells if prep["source"] is None else prep["chunk_size"]
         n_batches = sum(-(-min(step, n_cells - s) // batch_size) for s in range(0, n_cells, max(step, 1)))
         batches = self._batches(prep, batch_size)
-        with torch.inference_mode(), torch.autocast(dev_type, dtype=dtype, enabled=dtype is not None):
+        with torch.inference_mode(), autocast_ctx:
             for idx, columns, t, v, n in progress(batches, total=n_batches, desc=desc, unit="batch"):
                 out = self.module(t.to(dev), v.to(dev), n.to(dev), cls_only=cls_only)
                 consume(idx, columns, out.float(), n)
@@ -409,7 +388,8 @@ class ScGPTModel(FoundationModel):
         if emb_layer not in (None, -1):
             msg = f"scGPT cell embeddings come from the last layer; `emb_layer` must be None, got {emb_layer!r}."
             raise ValueError(msg)
-        batch_size = int(batch_size or settings.batch_size)
+        batch_size = self.resolve_batch_size(batch_size)
+        autocast(self.resolve_device(device), precision)  # a wrong name fails before any work
         prep = self._prepare(
             adata, layer=layer, gene_key=gene_key, max_length=max_length, rng=rng, chunk_size=chunk_size
         )
@@ -467,14 +447,17 @@ class ScGPTModel(FoundationModel):
             raise ValueError(msg)
         d = self.module.cfg.d_model
         if kind == "token":
-            ids, coverage = self.match_genes(adata, gene_key=gene_key)
+            match = self._match(adata, gene_key)
+            ids, coverage = match.var_tokens, match.coverage()
             out = np.full((adata.n_vars, d), np.nan, dtype=np.float32)
             rows = np.flatnonzero(ids >= 0)
+            dev = self._module_on(device)
             with torch.inference_mode():
-                emb = self.module.encoder(torch.from_numpy(ids[rows]).to(self.device)).float().cpu().numpy()
+                emb = self.module.encoder(torch.from_numpy(ids[rows]).to(dev)).float().cpu().numpy()
             out[rows] = emb
             return out, {**coverage, "gene_key": gene_key}
-        batch_size = int(batch_size or settings.batch_size)
+        batch_size = self.resolve_batch_size(batch_size)
+        autocast(self.resolve_device(device), precision)  # a wrong name fails before any work
         prep = self._prepare(
             adata, layer=layer, gene_key=gene_key, max_length=max_length, rng=rng, chunk_size=chunk_size
         )
@@ -503,76 +486,6 @@ class ScGPTModel(FoundationModel):
         return out, params
 
 
-def bin_scgpt(
-    adata: AnnData | MuData,
-    *,
-    n_bins: int = 51,
-    layer: str | None = None,
-    rng: int | np.random.Generator | None = 0,
-    mod: str | None = "rna",
-    key_added: str = "X_binned",
-    copy: bool = False,
-) -> AnnData | MuData | None:
-    """Bin each cell's values into scGPT's per-cell quantile bins (the reference ``binning``, reproducible).
-
-    Every non-zero value of a cell gets a bin in ``1 .. n_bins - 1`` from the quantiles of that cell's non-zero
-    values; zeros stay 0. Values lying on several equal bin edges (ties) are spread over those bins with random
-    numbers drawn, per cell, from a generator seeded by ``(rng, obs_name)``, as :func:`scfmkit.tl.embed` does for
-    scGPT. (The model bins only the genes in its vocabulary, so these bins are its input values when every gene of
-    ``adata`` is in the vocabulary.) Bins depend only on each cell's ranks: raw counts, normalised counts and
-    ``log1p`` give the same bins.
-
-    Parameters
-    ----------
-    adata
-        Cells x genes, non-negative and finite (a MuData is used through modality ``mod``).
-    n_bins
-        ``n_bins`` of the model's ``args.json`` (51 for the released checkpoints).
-    layer
-        Layer with the values (default ``adata.X``).
-    rng
-        Seed or generator of the tie-breaking draws.
-    mod
-        Modality of a MuData.
-    key_added
-        Layer to write.
-    copy
-        Return a modified copy instead of writing into ``adata``.
-
-    Returns
-    -------
-    ``None``, or a copy when ``copy=True``. Writes ``layers[key_added]`` (CSR float32 bins) and
-    ``uns['scgpt_binning']['params']`` (``n_bins``, ``layer``, ``rng_seed``).
-    """
-    from ._scgpt_preprocess import bin_values, cell_generators
-
-    if n_bins < 3:
-        msg = f"`n_bins` must be at least 3, got {n_bins}."
-        raise ValueError(msg)
-    target = get_modality(adata, mod)
-    X = get_matrix(target, layer)
-    what = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
-    check_nonnegative_finite(X, what=what)
-    X = sparse.csr_matrix(X, dtype=np.float32, copy=True)
-    X.sort_indices()
-    base_seed = _base_seed(rng)
-    rngs = cell_generators(base_seed, list(target.obs_names))
-    for i in range(X.shape[0]):
-        lo, hi = X.indptr[i], X.indptr[i + 1]
-        X.data[lo:hi] = bin_values(X.data[lo:hi], n_bins, rngs[i])
-    X.eliminate_zeros()
-    data = adata.copy() if copy else adata
-    out = get_modality(data, mod)
-    out.layers[key_added] = X
-    out.uns["scgpt_binning"] = {"params": sanitize_params({"n_bins": n_bins, "layer": layer, "rng_seed": base_seed})}
-    return data if copy else None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# loading
-# ---------------------------------------------------------------------------------------------------------------
-
-
 def _matched(X: Any, cols: np.ndarray) -> sparse.csr_matrix:
     """The columns ``cols`` of ``X`` (sparse or dense) as canonical CSR (repeated entries summed, indices sorted)."""
     sub = X[:, cols]
@@ -585,66 +498,6 @@ def _positive_per_row(X: sparse.csr_matrix) -> np.ndarray:
     """Number of stored values > 0 in each row (explicit zeros do not count)."""
     counts = np.add.reduceat(np.append(X.data > 0, False).astype(np.int64), X.indptr[:-1])
     return np.where(np.diff(X.indptr) > 0, counts, 0).astype(np.int64)
-
-
-def _base_seed(rng: int | np.random.Generator | None) -> int:
-    if isinstance(rng, np.random.Generator):
-        return int(rng.integers(2**63 - 1))
-    if rng is None:
-        return int(np.random.SeedSequence().entropy % (2**63 - 1))
-    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool) and rng >= 0:
-        return int(rng)
-    msg = f"`rng` must be a non-negative int, a numpy Generator or None, got {rng!r}."
-    raise TypeError(msg)
-
-
-def _find_weights(directory: Path) -> Path:
-    for fname in WEIGHT_FILES:
-        if (directory / fname).is_file():
-            return directory / fname
-    msg = (
-        f"No weights in {str(directory)!r}: expected one of {list(WEIGHT_FILES)} beside args.json and vocab.json. "
-        "Download the scGPT checkpoint folder (e.g. scGPT_human from the scGPT README's Google Drive link), or use "
-        "weights='random' for the untrained control."
-    )
-    raise FileNotFoundError(msg)
-
-
-def _load_weights(module: ScGPTEncoder, path: Path) -> None:
-    from ._io import UnsafeFileError, load_state_dict
-    from ._scgpt_model import map_state_dict
-
-    try:
-        state = load_state_dict(path)
-    except UnsafeFileError:
-        raise
-    except Exception as err:  # truncated/corrupt files raise many different errors
-        msg = (
-            f"Could not read the scGPT weights {str(path)!r} ({type(err).__name__}: {err}). The file is probably "
-            "truncated or corrupt; download it again."
-        )
-        raise ValueError(msg) from err
-    mapped, missing, unexpected, ignored = map_state_dict(state, module)
-    if ignored:
-        logger.info(
-            "scGPT: %d checkpoint tensors of decoder/MVC/classifier heads are not needed and were skipped.",
-            len(ignored),
-        )
-    if unexpected:
-        logger.warning(
-            "scGPT: %d unexpected tensors in %s were ignored: %s", len(unexpected), path.name, _short(unexpected)
-        )
-    if missing:
-        msg = (
-            f"The scGPT weights {str(path)!r} lack {len(missing)} core tensors ({_short(missing)}); refusing a "
-            "partially random model. Check that the file is complete and matches args.json (nlayers, embsize)."
-        )
-        raise ValueError(msg)
-    module.load_state_dict(mapped, strict=True)
-
-
-def _short(keys: list[str], n: int = 6) -> str:
-    return ", ".join(keys[:n]) + (f", ... (+{len(keys) - n})" if len(keys) > n else "")
 
 
 def load_scgpt(
@@ -675,17 +528,17 @@ def load_scgpt(
         if not (directory / fname).is_file():
             msg = f"{str(directory)!r} is not an scGPT checkpoint folder: {fname} is missing."
             raise FileNotFoundError(msg)
-    vocab = _read_vocab(directory / "vocab.json")
-    args = _read_args(directory / "args.json")
+    vocab = read_vocab(directory / "vocab.json")
+    args = read_args(directory / "args.json")
     cfg = ScGPTConfig.from_args(args, ntoken=len(vocab), pad_id=vocab[PAD_TOKEN])
     if weights == "random":
         module = build_random(cfg, seed)
         weights_id = f"random:{int(seed)}"
         logger.info("scGPT: seeded random weights (seed %d) with the vocabulary and args of %s", seed, directory)
     elif weights == "pretrained":
-        wpath = _find_weights(directory)
+        wpath = find_weights(directory)
         module = ScGPTEncoder(cfg)
-        _load_weights(module, wpath)
+        load_weights(module, wpath)
         from ._io import sha256_file
 
         weights_id = f"sha256:{sha256_file(wpath)}"
@@ -695,58 +548,6 @@ def load_scgpt(
     return ScGPTModel(
         module, vocab=vocab, args=args, name=name, weights_id=weights_id, source=str(directory), device=device
     )
-
-
-def write_random_checkpoint(
-    out_dir: str | Path,
-    model_dir: str | Path,
-    *,
-    seed: int = 0,
-    nlayers: int = 2,
-    embsize: int = 64,
-    nhead: int = 4,
-    d_hid: int = 64,
-    naming: str = "in_proj",
-) -> Path:
-    """Write a seeded random scGPT checkpoint in the released layout (for tests, demos and benchmarks).
-
-    ``out_dir`` receives ``best_model.pt`` (a plain state dict with the reference model's keys, decoder heads
-    included, and the real vocabulary size), ``args.json`` (``model_dir``'s with the sizes overridden) and a copy
-    of ``vocab.json``.
-
-    Parameters
-    ----------
-    out_dir
-        Folder to write (created).
-    model_dir
-        Folder with the real ``args.json`` and ``vocab.json`` (e.g. ``$SCFMKIT_MODELS_DIR/scgpt-human``).
-    seed
-        Seed of the weights.
-    nlayers, embsize, nhead, d_hid
-        Architecture sizes written into ``args.json``.
-    naming
-        ``"in_proj"`` (PyTorch ``self_attn.in_proj_weight``) or ``"Wqkv"`` (flash-attention ``self_attn.Wqkv``).
-
-    Returns
-    -------
-    ``out_dir`` as a :class:`~pathlib.Path`.
-    """
-    import torch
-
-    from ._scgpt_model import ScGPTConfig, random_state_dict
-
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    vocab = _read_vocab(model_dir / "vocab.json")
-    args = _read_args(model_dir / "args.json")
-    args.update({"nlayers": int(nlayers), "embsize": int(embsize), "nheads": int(nhead), "d_hid": int(d_hid)})
-    cfg = ScGPTConfig.from_args(args, ntoken=len(vocab), pad_id=vocab[PAD_TOKEN])
-    state = random_state_dict(cfg, seed, naming=naming)
-    torch.save(state, out_dir / "best_model.pt")
-    with open(out_dir / "args.json", "w") as f:
-        json.dump(args, f, indent=2)
-    shutil.copyfile(model_dir / "vocab.json", out_dir / "vocab.json")
-    return out_dir
 
 
 def _spec_load(
@@ -764,5 +565,8 @@ register_model(
         hub_repo=None,
         needs="gene symbols; counts or any per-cell monotone transform",
         aliases=("scgpt",),
+        write_random=write_random_checkpoint,
+        vocab_dir="scgpt-human",
+        tiny={"nlayers": 2, "embsize": 32, "nhead": 4, "d_hid": 64},
     )
 )

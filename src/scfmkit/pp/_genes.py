@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from .. import models
 from .._utils import get_modality, logger
 
@@ -29,7 +27,8 @@ def align_genes(
 ) -> AnnData | MuData | None:
     """Match the genes of ``adata`` to a model's vocabulary and record the coverage.
 
-    Needs only the model's dictionaries (weights are not loaded when ``weights='random'`` suffices).
+    Needs only the model's vocabulary (a named model is loaded with random weights). Works the same for every model
+    family. No matching gene at all is an error (with a hint), not an empty result.
 
     Parameters
     ----------
@@ -54,29 +53,29 @@ def align_genes(
 
     - ``var['<key>_id']``: the model gene id each gene maps to (empty string when none);
     - ``var['<key>_token']``: its token id, -1 when the gene is not in the vocabulary;
-    - ``uns['<key>_genes']``: ``n_vars``, ``n_vars_matched``, ``n_genes_matched``, ``frac_vars_matched``.
+    - ``uns['<key>_genes']``: ``n_vars``, ``n_vars_matched`` (var entries with a token), ``n_genes_matched``
+      (distinct tokens), ``frac_vars_matched``, ``gene_id_type`` (see :meth:`scfmkit.models.GeneMatch.coverage`).
     """
+    target = get_modality(adata, mod)
+    fm_model = models.load(model, weights="random")
+    match = fm_model.match_adata(target, gene_key=gene_key, gene_id_type=gene_id_type)
+    if match.n_vars_matched == 0:
+        where = "var_names" if gene_key is None else f"var[{gene_key!r}]"
+        msg = (
+            f"None of the {target.n_vars} genes in {where} (e.g. {list(target.var_names[:3])}) match {fm_model.name}'s "
+            f"vocabulary (read as {match.id_type}s). Pass `gene_key=` naming a var column with "
+            f"{'Ensembl ids or gene symbols' if fm_model.family == 'geneformer' else 'gene symbols'}."
+        )
+        if any(g != g.upper() for g in target.var_names[:50].astype(str)):
+            msg += " Human gene symbols are upper case (e.g. 'CD3E'); mouse-style names need mapping to human first."
+        raise ValueError(msg)
     data = adata.copy() if copy else adata
     target = get_modality(data, mod)
-    fm_model = models.load(model, weights="random") if not isinstance(model, models.FoundationModel) else model
-    if not hasattr(fm_model, "match_genes"):
-        msg = f"{fm_model.name} does not support `align_genes`."
-        raise NotImplementedError(msg)
-    genes = target.var_names if gene_key is None else target.var[gene_key].astype(str)
-    match = fm_model.match_genes(genes, gene_id_type=gene_id_type)
     key = key_added or fm_model.family
     has = match.column >= 0
-    tokens = np.full(target.n_vars, -1, np.int64)
-    tokens[has] = match.token_ids[match.column[has]]
-    target.var[f"{key}_id"] = [e if (e is not None and h) else "" for e, h in zip(match.ensembl, has, strict=True)]
-    target.var[f"{key}_token"] = tokens
-    stats = {
-        "n_vars": int(target.n_vars),
-        "n_vars_matched": int(has.sum()),
-        "n_genes_matched": len(match.token_ids),
-        "frac_vars_matched": float(has.mean()) if target.n_vars else 0.0,
-        "gene_id_type": match.id_type,
-    }
+    target.var[f"{key}_id"] = [g if (g is not None and h) else "" for g, h in zip(match.gene_ids, has, strict=True)]
+    target.var[f"{key}_token"] = match.var_tokens
+    stats = match.coverage()
     target.uns[f"{key}_genes"] = stats
     logger.info("%s: %d/%d genes matched", fm_model.name, stats["n_vars_matched"], stats["n_vars"])
     return data if copy else None

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from scfmkit._random import as_generator
 from scfmkit._utils import get_matrix, get_modality, logger, sanitize_params
 
 if TYPE_CHECKING:
@@ -242,10 +243,6 @@ def _check_pseudobulk(adata: AnnData) -> dict:
     return info
 
 
-def _as_rng(rng) -> np.random.Generator:
-    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-
-
 def split_perturbations(
     adata: AnnData,
     *,
@@ -255,7 +252,7 @@ def split_perturbations(
     combo_seen2_train_fraction: float = 0.75,
     double_train_fraction: float = 0.5,
     unmeasured: str = "keep",
-    rng: int | np.random.Generator | None = None,
+    rng: int | np.random.Generator | None = 0,
     key_added: str = "split",
     copy: bool = False,
 ) -> AnnData | None:
@@ -289,7 +286,7 @@ def split_perturbations(
         them like any other, ``"train"`` never puts them in test/holdout (they still train), ``"exclude"`` labels them
         ``"excluded"`` (used neither for training nor evaluation).
     rng
-        Seed or generator.
+        Seed or generator. ``rng=None`` draws fresh (unseeded) randomness; the default 0 makes runs reproducible.
     key_added
         ``obs`` column to write.
     copy
@@ -316,7 +313,7 @@ def split_perturbations(
         if not 0 <= val <= 1:
             msg = f"`{name}` must be in [0, 1], got {val}."
             raise ValueError(msg)
-    gen = _as_rng(rng)
+    gen = as_generator(rng)
     sep = info["sep"]
     obs = adata.obs
     names = obs.index.astype(str).to_numpy()

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
 
-    from ..models._rank_tokenize import TokenizedCells
+    from ..models import TokenizedCells
 
 __all__ = ["tokenize"]
 
@@ -28,9 +28,11 @@ def tokenize(
 ) -> tuple[TokenizedCells, dict[str, Any]]:
     """Tokenise cells exactly as the model's reference tokenizer does, without running the model.
 
-    For Geneformer: each cell's genes ranked by ``count / total * 10,000 / median`` (descending, zero counts dropped,
-    duplicates after id mapping summed), truncated to the input size, with ``<cls>``/``<eos>`` for V2. Works on
-    backed AnnData chunk by chunk. ``adata`` is not modified.
+    Every model returns the same type, :class:`scfmkit.models.TokenizedCells`. For Geneformer: each cell's genes
+    ranked by ``count / total * 10,000 / median`` (descending, zero counts dropped, duplicates after id mapping
+    summed), truncated to the input size, with ``<cls>``/``<eos>`` for V2. For scGPT: ``<cls>`` then the cell's
+    expressed genes with their per-cell quantile bins. Works on backed AnnData chunk by chunk. ``adata`` is not
+    modified.
 
     Parameters
     ----------
@@ -45,16 +47,15 @@ def tokenize(
     mod
         Modality of a MuData.
     **options
-        ``input``, ``gene_id_type``, ``chunk_size``
-        (see :meth:`scfmkit.models.geneformer.GeneformerModel.iter_tokenize`).
+        Geneformer: ``input``, ``gene_id_type``, ``chunk_size``
+        (see :meth:`scfmkit.models.geneformer.GeneformerModel.iter_tokenize`). scGPT: ``max_length``, ``rng``,
+        ``chunk_size`` (see :meth:`scfmkit.models.scgpt.ScGPTModel.tokenize`).
 
     Returns
     -------
-    ``(tokens, coverage)``: ragged token ids in input order (``tokens[i]`` is cell ``i``) and gene-coverage statistics.
+    ``(tokens, coverage)``: :class:`~scfmkit.models.TokenizedCells` in input order (``tokens[i]`` are cell ``i``'s
+    token ids; scGPT's also carry ``values``, ``columns`` and ``n_genes``) and the gene-coverage statistics.
     """
     target = get_modality(adata, mod)
-    fm_model = models.load(model, weights="random") if not isinstance(model, models.FoundationModel) else model
-    if not hasattr(fm_model, "tokenize"):
-        msg = f"{fm_model.name} does not expose a tokenizer."
-        raise NotImplementedError(msg)
+    fm_model = models.load(model, weights="random")
     return fm_model.tokenize(target, layer=layer, gene_key=gene_key, **options)

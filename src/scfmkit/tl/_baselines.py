@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import sparse
 
+from scfmkit._checks import detect_input
+from scfmkit._random import as_seed
 from scfmkit._settings import settings
 from scfmkit._utils import get_matrix, get_modality, logger, sanitize_params, write_back
 
@@ -20,42 +22,6 @@ __all__ = ["baselines"]
 
 _METHODS = ("random", "pca", "scvi", "harmony")
 _KEYS = {"random": "X_random", "pca": "X_pca", "scvi": "X_scVI", "harmony": "X_harmony"}
-
-
-def _seed(rng: int | np.random.Generator | None) -> int:
-    """An int seed from ``rng`` (``None`` -> 0, scanpy's default, so results are reproducible)."""
-    if rng is None:
-        return 0
-    if isinstance(rng, np.random.Generator):
-        return int(rng.integers(2**31 - 1))
-    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
-        return int(rng)
-    msg = f"`rng` must be None, an int or a numpy.random.Generator, got {type(rng).__name__}."
-    raise TypeError(msg)
-
-
-def detect_input(X: np.ndarray | sparse.spmatrix, *, what: str = "adata.X", n_sample: int = 200_000) -> str:
-    """Classify a cells x genes matrix as ``"counts"`` (non-negative integers) or ``"lognorm"`` (non-integer values).
-
-    Raises a clear error for negative (scaled/centred) or non-finite values. Looks at up to ``n_sample`` stored values.
-    """
-    data = X.data if sparse.issparse(X) else np.asarray(X).ravel()
-    if data.size > n_sample:
-        idx = np.random.default_rng(0).choice(data.size, n_sample, replace=False)
-        data = data[idx]
-    data = np.asarray(data, dtype=np.float64)
-    if data.size and not np.isfinite(data).all():
-        msg = f"{what} contains NaN or infinite values; clean or impute them first."
-        raise ValueError(msg)
-    if data.size and data.min() < 0:
-        msg = (
-            f"{what} contains negative values (min {data.min():.3g}), so it looks scaled or centred. "
-            "Pass raw counts or log-normalised values instead, e.g. `layer='counts'`."
-        )
-        raise ValueError(msg)
-    if data.size == 0 or np.all(np.abs(data - np.round(data)) < 1e-6):
-        return "counts"
-    return "lognorm"
 
 
 def _lognorm_copy(adata: AnnData, layer: str | None, kind: str) -> AnnData:
@@ -85,7 +51,7 @@ def baselines(
     max_epochs: int | None = None,
     scvi_kwargs: dict[str, Any] | None = None,
     scvi_save_dir: str | Path | None = None,
-    rng: int | np.random.Generator | None = None,
+    rng: int | np.random.Generator | None = 0,
     mod: str | None = "rna",
     copy: bool = False,
 ) -> AnnData | MuData | None:
@@ -124,7 +90,8 @@ def baselines(
     scvi_save_dir
         Save the trained scVI model here (``model.save``); by default the model is discarded.
     rng
-        Seed or :class:`numpy.random.Generator` (PCA solver, scVI, Harmony, random embedding); ``None`` means 0.
+        Seed or :class:`numpy.random.Generator` (PCA solver, scVI, Harmony, random embedding). ``rng=None``
+        draws fresh (unseeded) randomness; the default 0 makes runs reproducible.
     mod
         Modality of a MuData to use.
     copy
@@ -172,7 +139,7 @@ def baselines(
         msg = f"`n_comps` must be >= 1 and `n_hvg` >= 2, got {n_comps} and {n_hvg}."
         raise ValueError(msg)
 
-    seed = _seed(rng)
+    seed = as_seed(rng)
     X = get_matrix(target, layer)
     kind = detect_input(X, what="adata.X" if layer is None else f"layer {layer!r}")
     counts_kind = kind

@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .. import models
-from .._settings import settings
-from .._utils import get_modality, logger, sanitize_params, write_back
+from .._utils import check_free_keys, get_modality, logger, sanitize_params, write_back
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -64,7 +63,8 @@ def embed(
     mod
         Modality of a MuData to use.
     key_added
-        ``obsm`` key (default ``"X_<family>"``, e.g. ``"X_geneformer"``).
+        ``obsm`` key (default ``"X_<family>"``, e.g. ``"X_geneformer"``); the ``uns`` key is the same without
+        ``X_``. Keys holding another tool's results (scanpy's ``X_pca``/``pca``) are refused, never overwritten.
     copy
         Return a modified copy instead of writing into ``adata``.
     **model_options
@@ -80,23 +80,25 @@ def embed(
 
     For a MuData the embedding is also stored as ``mdata.obsm['<mod>:X_<family>']``.
     """
-    data = adata.copy() if copy else adata
-    target = get_modality(data, mod)
     fm_model = models.load(model, weights=weights, device=device)
+    key = key_added or f"X_{fm_model.family}"
+    uns_key = key[2:] if key.startswith("X_") else key
+    check_free_keys(get_modality(adata, mod), obsm=key, uns=uns_key)
     options = {k: v for k, v in {"emb_layer": emb_layer, "pooling": pooling}.items() if v is not None}
     emb, params = fm_model.embed_cells(
-        target,
+        get_modality(adata, mod),
         layer=layer,
         gene_key=gene_key,
-        batch_size=batch_size or settings.batch_size,
+        batch_size=batch_size,
         device=device,
         precision=precision,
         **options,
         **model_options,
     )
-    key = key_added or f"X_{fm_model.family}"
+    # everything computed: only now write (a failed call leaves the caller's object as it was)
+    data = adata.copy() if copy else adata
+    target = get_modality(data, mod)
     target.obsm[key] = emb
-    uns_key = key[2:] if key.startswith("X_") else key
     target.uns[uns_key] = {"params": sanitize_params({**fm_model.base_params, **params})}
     write_back(data, mod, obsm_keys=[key])
     logger.info("Wrote obsm[%r] (%d x %d) and uns[%r]['params']", key, *emb.shape, uns_key)
@@ -143,19 +145,20 @@ def embed_genes(
     if kind not in {"contextual", "token"}:
         msg = f"`kind` must be 'contextual' or 'token', got {kind!r}."
         raise ValueError(msg)
-    data = adata.copy() if copy else adata
-    target = get_modality(data, mod)
     fm_model = models.load(model, weights=weights, device=device)
+    key = key_added or f"{fm_model.family}_{kind}"
+    check_free_keys(get_modality(adata, mod), varm=key, uns=key)
     emb, params = fm_model.embed_genes(
-        target,
+        get_modality(adata, mod),
         kind=kind,
         layer=layer,
         gene_key=gene_key,
-        batch_size=batch_size or settings.batch_size,
+        batch_size=batch_size,
         device=device,
         **model_options,
     )
-    key = key_added or f"{fm_model.family}_{kind}"
+    data = adata.copy() if copy else adata
+    target = get_modality(data, mod)
     target.varm[key] = emb
     target.uns[key] = {"params": sanitize_params({**fm_model.base_params, "kind": kind, **params})}
     return data if copy else None

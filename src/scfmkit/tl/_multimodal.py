@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .._random import as_seed
 from .._utils import is_mudata, logger, sanitize_params
 
 if TYPE_CHECKING:
@@ -16,14 +17,6 @@ __all__ = ["joint_embedding", "modality_embedding"]
 
 _DEFAULT_KEYS = {"protein": "X_pca", "atac": "X_lsi"}
 _METHODS = ("wnn", "concat")
-
-
-def _seed(rng: int | np.random.Generator | None) -> int:
-    if rng is None:
-        return 0
-    if isinstance(rng, np.random.Generator):
-        return int(rng.integers(2**31 - 1))
-    return int(rng)
 
 
 def _kind(adata: AnnData, mod: str, kind: str | None) -> str:
@@ -58,7 +51,7 @@ def modality_embedding(
     kind: str | None = None,
     layer: str | None = None,
     n_comps: int | None = None,
-    rng: int | np.random.Generator | None = None,
+    rng: int | np.random.Generator | None = 0,
 ) -> str:
     """Embed a protein or ATAC modality with muon's standard recipe, leaving its counts untouched.
 
@@ -81,7 +74,8 @@ def modality_embedding(
     n_comps
         Components (default: protein ``min(20, n_proteins - 1)``, ATAC ``min(30, n_peaks - 1)``).
     rng
-        Seed of the PCA solver and the ARPACK start vector of LSI.
+        Seed of the PCA solver and the ARPACK start vector of LSI. ``rng=None`` draws fresh (unseeded)
+        randomness; the default 0 makes runs reproducible.
 
     Returns
     -------
@@ -102,7 +96,7 @@ def modality_embedding(
     if adata.n_vars < 3:
         msg = f"Modality {mod!r} has {adata.n_vars} features; an embedding needs at least 3."
         raise ValueError(msg)
-    seed = _seed(rng)
+    seed = as_seed(rng)
     work = ad.AnnData(X=X.copy(), obs=adata.obs[[]].copy(), var=adata.var[[]].copy())
     import warnings
 
@@ -206,7 +200,7 @@ def joint_embedding(
     n_comps: int = 30,
     n_neighbors: int = 15,
     weights: tuple[float, float] = (1.0, 1.0),
-    rng: int | np.random.Generator | None = None,
+    rng: int | np.random.Generator | None = 0,
     key_added: str | None = None,
     copy: bool = False,
 ) -> MuData | None:
@@ -252,7 +246,8 @@ def joint_embedding(
     weights
         ``(rna, other)`` block weights of ``method="concat"``.
     rng
-        Seed (PCA/LSI, muon's WNN search, diffusion map).
+        Seed (PCA/LSI, muon's WNN search, diffusion map). ``rng=None`` draws fresh (unseeded) randomness; the
+        default 0 makes runs reproducible.
     key_added
         ``mdata.obsm`` key of the joint embedding and prefix of the graph keys (default ``"X_wnn"`` /
         ``"X_concat"``; the graph prefix drops ``X_``).
@@ -335,7 +330,7 @@ def joint_embedding(
         raise ValueError(msg)
 
     data = mdata.copy() if copy else mdata
-    seed = _seed(rng)
+    seed = as_seed(rng)
     other_ad = data.mod[other]
     rna = data.mod[rna_mod]
     computed = other_key is None

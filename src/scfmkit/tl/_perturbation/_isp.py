@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from scfmkit._random import as_generator
 from scfmkit._utils import get_modality, logger, progress, sanitize_params
 
 if TYPE_CHECKING:
@@ -199,7 +200,8 @@ def geneformer_perturb(
     weights, layer, gene_key, input, emb_layer, pooling, batch_size, device
         As in :func:`scfmkit.tl.embed`.
     rng
-        Seed or generator of the null.
+        Seed or generator of the null. ``rng=None`` draws fresh (unseeded) randomness; the default 0 makes runs
+        reproducible.
     mod
         Modality of a MuData.
     key_added
@@ -256,17 +258,14 @@ def geneformer_perturb(
         is_goal = np.zeros(target.n_obs, bool)
         is_start = np.ones(target.n_obs, bool)
     fm_model = models.load(model, weights=weights, device=device)
-    for attr in ("tokenize", "encoder", "match_genes", "vocab", "n_layers", "config", "input_size"):
-        if not hasattr(fm_model, attr):
-            msg = f"In-silico perturbation needs a Geneformer model (with `{attr}`), got {type(fm_model).__name__}."
-            raise TypeError(msg)
+    fm_model.require("in_silico_perturbation", what="geneformer_perturb")
     match = fm_model.match_genes(genes)
     missing = [g for g, c in zip(genes, match.column, strict=True) if c < 0]
     if missing:
         msg = f"Genes {missing} are not in {fm_model.name}'s dictionaries; check the names (symbols or Ensembl ids)."
         raise ValueError(msg)
     target_tokens = [int(match.token_ids[c]) for c in match.column]
-    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    gen = as_generator(rng)
 
     use = is_goal | is_start
     rows = np.flatnonzero(use)
