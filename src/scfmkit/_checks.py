@@ -11,7 +11,7 @@ from scipy import sparse
 if TYPE_CHECKING:
     from anndata import AnnData
 
-__all__ = ["check_nonnegative_finite", "detect_input", "get_matrix", "var_names"]
+__all__ = ["check_nonnegative_finite", "detect_input", "get_matrix", "in_memory", "var_names"]
 
 
 def check_nonnegative_finite(X: np.ndarray | sparse.spmatrix, *, what: str = "X") -> None:
@@ -41,6 +41,18 @@ def get_matrix(adata: AnnData, layer: str | None):
         msg = f"Layer {layer!r} not found; available layers: {list(adata.layers)}. Pass `layer=None` to use `adata.X`."
         raise KeyError(msg)
     return adata.layers[layer]
+
+
+def in_memory(X):
+    """``X`` as an in-memory array or sparse matrix; a backed matrix (``read_h5ad(..., backed='r')``) is read whole.
+
+    For tools that need every value at once (PCA, scVI, binning); the embedding tools stream backed data instead.
+    """
+    if sparse.issparse(X) or isinstance(X, np.ndarray):
+        return X
+    if hasattr(X, "to_memory"):  # anndata's backed sparse datasets
+        return X.to_memory()
+    return np.asarray(X[()] if getattr(X, "ndim", 2) == 0 else X[:])
 
 
 def detect_input(X: np.ndarray | sparse.spmatrix, *, what: str = "adata.X", n_sample: int = 200_000) -> str:

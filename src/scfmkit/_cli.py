@@ -8,6 +8,7 @@ and one line ``scfmkit: error: ...`` on stderr on bad input (``--debug`` shows t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -71,8 +72,6 @@ def _check_output(path: Path, inputs: Sequence[Path], *, overwrite: bool, suffix
     if path.exists() and path.is_dir():
         msg = f"output {str(path)!r} is a directory."
         raise CLIError(msg)
-    if not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -87,15 +86,27 @@ def _read(path: Path):
 
 
 def _atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename onto ``path``, so a failed run leaves no half-written output."""
+    """Call ``write(tmp_path)`` then rename onto ``path``, so a failed run leaves no half-written output.
+
+    Missing parent folders are made only now, when there is a result to write, and removed again if writing fails.
+    """
+    created = [p for p in reversed(path.parent.absolute().parents) if not p.exists()]
+    created += [] if path.parent.exists() else [path.parent.absolute()]
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
     os.close(fd)
     tmp_path = Path(tmp)
+    ok = False
     try:
         write(tmp_path)
         tmp_path.replace(path)
+        ok = True
     finally:
         tmp_path.unlink(missing_ok=True)
+        if not ok:
+            for folder in reversed(created):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
 
 def _write_data(data, path: Path, mod: str | None) -> None:

@@ -259,6 +259,16 @@ def integration(
 
     seed = as_seed(rng)
     gen = np.random.default_rng(seed)
+    for key, what, fix in (
+        (batch_key, "batches", "batch-correction metrics compare batches"),
+        (label_key, "labels", "biological-conservation metrics compare cell types"),
+    ):
+        if target.obs[key].nunique() < 2:
+            msg = (
+                f"obs[{key!r}] has a single value, but scib-metrics needs at least 2 {what} ({fix}). Pass the column "
+                "that distinguishes them, or score a dataset that has them."
+            )
+            raise ValueError(msg)
     cont = _container(target, embeddings, batch_key, label_key)
     if pre_integrated_key is not None:
         if pre_integrated_key not in target.obsm:
@@ -317,6 +327,22 @@ def integration(
     return res
 
 
+def _label_text(col: pd.Series, missing: str | None = None) -> np.ndarray:
+    """Labels as text with one spelling per value: integral floats ``1.0`` read as ``"1"`` like the int ``1``."""
+    values = col.astype(object).to_numpy()
+    out = np.empty(len(values), dtype=object)
+    for i, v in enumerate(values):
+        if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NA:
+            out[i] = missing
+        elif isinstance(v, (float, np.floating)) and float(v).is_integer():
+            out[i] = str(int(v))
+        elif isinstance(v, (np.integer, np.floating, np.bool_)):
+            out[i] = str(v.item())
+        else:
+            out[i] = str(v)
+    return out
+
+
 def label_transfer(
     adata: AnnData | MuData,
     true_key: str,
@@ -332,7 +358,9 @@ def label_transfer(
     adata
         Cells with true and predicted labels in ``obs`` (a MuData is read in modality ``mod``).
     true_key, pred_key
-        ``obs`` columns with the true and predicted labels (cells with a missing true label are left out).
+        ``obs`` columns with the true and predicted labels (cells with a missing true label are left out; a missing
+        prediction counts as ``unknown``). Labels are compared as values: ``1.0`` equals ``1``. Label sets that share
+        no value at all are refused (a perfect prediction would otherwise score 0).
     unknown
         The label meaning "not assigned"; it always counts as wrong.
     mod
@@ -355,10 +383,16 @@ def label_transfer(
     if keep.sum() == 0:
         msg = f"obs[{true_key!r}] has no labels."
         raise ValueError(msg)
-    y_true = target.obs[true_key].astype(str).to_numpy()[keep]
-    y_pred = target.obs[pred_key].astype(object).where(target.obs[pred_key].notna(), unknown)
-    y_pred = y_pred.astype(str).to_numpy()[keep]
+    y_true = _label_text(target.obs[true_key])[keep]
+    y_pred = _label_text(target.obs[pred_key], missing=unknown)[keep]
     classes = sorted(set(y_true))
+    predicted = set(y_pred) - {unknown}
+    if predicted and not predicted & set(classes):
+        msg = (
+            f"obs[{pred_key!r}] and obs[{true_key!r}] share no label (e.g. {sorted(predicted)[:3]} vs {classes[:3]}); "
+            "every score would be 0. Map the predictions onto the true label names first (check case and spelling)."
+        )
+        raise ValueError(msg)
     correct = y_true == y_pred
     assigned = y_pred != unknown
     f1 = f1_score(y_true, y_pred, labels=classes, average=None, zero_division=0)

@@ -213,13 +213,9 @@ def check_state_dict(sd: dict[str, torch.Tensor], cfg: BertConfig, *, source: ob
             "config.json released with these weights."
         )
         raise ValueError(msg)
-    bad = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-    if bad:
-        msg = (
-            f"The weights in {source} hold NaN or infinite values in {len(bad)} tensors (e.g. {bad[0]}); the file is "
-            "corrupted. Download it again."
-        )
-        raise ValueError(msg)
+    from ._io import check_finite
+
+    check_finite(sd, source=source)
 
 
 def random_hf_state_dict(cfg: BertConfig, seed: int) -> dict[str, torch.Tensor]:

@@ -63,7 +63,17 @@ def safe_load_pickle(path: str | Path) -> Any:
     Numpy scalars are returned as Python numbers. Anything else raises :class:`UnsafeFileError`.
     """
     with open(path, "rb") as f:
-        return _RestrictedUnpickler(io.BytesIO(f.read())).load()
+        data = f.read()
+    try:
+        return _RestrictedUnpickler(io.BytesIO(data)).load()
+    except UnsafeFileError:
+        raise
+    except Exception as err:  # not a pickle, truncated, or another format: many different errors
+        msg = (
+            f"{path} is not a readable Python pickle ({type(err).__name__}: {err}). Dictionary files must be the "
+            "released .pkl files; download or copy them again."
+        )
+        raise ValueError(msg) from err
 
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
@@ -83,7 +93,14 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        try:
+            return load_file(str(path))
+        except Exception as err:  # SafetensorError, OSError, ...: name the file and the fix
+            msg = (
+                f"Could not read the weights {str(path)!r} ({type(err).__name__}: {err}). The file is probably "
+                "truncated or corrupt; download it again."
+            )
+            raise ValueError(msg) from err
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -92,6 +109,12 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
             "run arbitrary pickled code; convert it to safetensors or a plain state dict."
         )
         raise UnsafeFileError(msg) from err
+    except Exception as err:  # truncated zip archives and other damage
+        msg = (
+            f"Could not read the weights {str(path)!r} ({type(err).__name__}: {err}). The file is probably "
+            "truncated or corrupt; download it again."
+        )
+        raise ValueError(msg) from err
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if isinstance(obj, dict) and "model_state_dict" in obj and isinstance(obj["model_state_dict"], dict):
@@ -100,6 +123,19 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
         msg = f"{path.name} does not hold a state dict (got {type(obj).__name__})."
         raise ValueError(msg)
     return obj
+
+
+def check_finite(state: dict[str, Any], *, source: object) -> None:
+    """Refuse weights holding NaN or infinite values (corrupted bytes behind an intact header), naming the file."""
+    import torch
+
+    bad = [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        msg = (
+            f"The weights in {source} hold NaN or infinite values in {len(bad)} tensors (e.g. {bad[0]}); the file is "
+            "corrupted. Download it again."
+        )
+        raise ValueError(msg)
 
 
 def hub_download(

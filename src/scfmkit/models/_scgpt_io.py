@@ -71,7 +71,7 @@ def find_weights(directory: Path) -> Path:
 
 
 def load_weights(module: ScGPTEncoder, path: Path) -> None:
-    from ._io import UnsafeFileError, load_state_dict
+    from ._io import UnsafeFileError, check_finite, load_state_dict
     from ._scgpt_model import map_state_dict
 
     try:
@@ -100,6 +100,17 @@ def load_weights(module: ScGPTEncoder, path: Path) -> None:
             "partially random model. Check that the file is complete and matches args.json (nlayers, embsize)."
         )
         raise ValueError(msg)
+    expected = module.state_dict()
+    wrong = [k for k, v in mapped.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if wrong:
+        k = wrong[0]
+        msg = (
+            f"The scGPT weights {str(path)!r} do not match args.json/vocab.json ({len(wrong)} tensors, e.g. {k}: "
+            f"{tuple(mapped[k].shape)} in the file, {tuple(expected[k].shape)} expected). Use the args.json and "
+            "vocab.json released with these weights."
+        )
+        raise ValueError(msg)
+    check_finite(mapped, source=repr(str(path)))
     module.load_state_dict(mapped, strict=True)
 
 

@@ -169,16 +169,9 @@ class GeneformerModel(FoundationModel):
         chunk_size = self.check_chunk_size(chunk_size)
         match = match or self.match_adata(adata, gene_key=gene_key, gene_id_type=gene_id_type)
         if match.n_vars_matched == 0:
-            msg = (
-                f"None of the {adata.n_vars} genes match {self.name}'s vocabulary (read as {match.id_type}s"
-                f"{'' if gene_key is None else f' from var[{gene_key!r}]'}). Pass `gene_key=` naming a var column "
-                "with Ensembl ids or gene symbols."
-            )
-            raise ValueError(msg)
+            raise ValueError(_no_match_message(self.name, adata, match, gene_key))
         X = get_matrix(adata, layer)
-        n_counts_obs = None
-        if input == "counts" and "n_counts" in adata.obs:
-            n_counts_obs = np.asarray(adata.obs["n_counts"].to_numpy())
+        n_counts_obs = _n_counts(adata) if input == "counts" else None
         special = self.vocab.special_tokens
         cls_id = self.vocab.token_dict["<cls>"] if special else None
         eos_id = self.vocab.token_dict["<eos>"] if special else None
@@ -192,7 +185,18 @@ class GeneformerModel(FoundationModel):
                 chunk = chunk.copy()
                 chunk.data = np.expm1(chunk.data.astype(np.float64))
             row_total = np.asarray(chunk.sum(axis=1)).ravel()  # scipy keeps float32 sums float32, as the reference
+            if row_total.dtype.kind in "iu":
+                _check_no_overflow(chunk, row_total, offset=start)
             n_counts = n_counts_obs[rows] if n_counts_obs is not None else row_total
+            empty_total = np.flatnonzero(n_counts <= 0)
+            if len(empty_total):
+                names = list(adata.obs_names[start + empty_total[:5]])
+                what = "obs['n_counts']" if n_counts_obs is not None else "total counts"
+                msg = (
+                    f"{len(empty_total)} cell(s) have {what} <= 0 (rows {list(start + empty_total[:5])}, e.g. "
+                    f"{names}). Remove empty cells first, e.g. `sc.pp.filter_cells(adata, min_counts=1)`."
+                )
+                raise ValueError(msg)
             # without duplicated genes the kernel reads the matched columns in place (no copy of the chunk)
             counts, column = (match.gather(chunk), None) if match.has_duplicates else (chunk, match.column)
             tokens, kept, matched = rank_value_tokenize_counts(
@@ -446,12 +450,7 @@ class GeneformerModel(FoundationModel):
             raise ValueError(msg)
         match = self.match_adata(adata, gene_key=gene_key, gene_id_type=gene_id_type)
         if match.n_vars_matched == 0:
-            msg = (
-                f"None of the {adata.n_vars} genes match {self.name}'s vocabulary (read as {match.id_type}s"
-                f"{'' if gene_key is None else f' from var[{gene_key!r}]'}). Pass `gene_key=` naming a var column "
-                "with Ensembl ids or gene symbols."
-            )
-            raise ValueError(msg)
+            raise ValueError(_no_match_message(self.name, adata, match, gene_key))
         h = self.config.hidden_size
         if kind == "token":
             table = self._state_dict_tensor("embeddings.word_embeddings.weight").float().numpy()
@@ -511,10 +510,61 @@ def _row_block(X: Any, rows: slice) -> sparse.csr_matrix:
         out.data, out.indices, out.indptr = data, indices, X.indptr[rows.start : rows.stop + 1] - lo
         return out
     chunk = X[rows]  # a new matrix (scipy's row slices, backed reads and dense rows all copy)
+    if not sparse.issparse(chunk) and np.asarray(chunk).dtype == np.float16:
+        chunk = np.asarray(chunk, dtype=np.float32)  # scipy.sparse has no float16; float32 holds it exactly
     chunk = sparse.csr_matrix(chunk) if not sparse.issparse(chunk) else chunk.tocsr()
     if not chunk.has_canonical_format:
         chunk.sum_duplicates()  # a sparse matrix means the sum of repeated entries; also sorts the indices
     return chunk
+
+
+def _no_match_message(name: str, adata: AnnData, match: GeneMatch, gene_key: str | None) -> str:
+    msg = (
+        f"None of the {adata.n_vars} genes match {name}'s vocabulary (read as {match.id_type}s"
+        f"{'' if gene_key is None else f' from var[{gene_key!r}]'}). Pass `gene_key=` naming a var column "
+        "with Ensembl ids or gene symbols."
+    )
+    sample = [str(g) for g in adata.var_names[:50]]
+    if match.id_type == "symbol" and sample and all(g != g.upper() for g in sample):
+        msg += " Human gene symbols are upper case (e.g. 'CD3E'); these look lower or mixed case (mouse?)."
+    return msg
+
+
+def _n_counts(adata: AnnData) -> np.ndarray | None:
+    """``obs['n_counts']`` (the reference tokenizer's per-cell totals) checked, or ``None`` when absent."""
+    if "n_counts" not in adata.obs:
+        return None
+    col = adata.obs["n_counts"]
+    if not (pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col)):
+        msg = (
+            f"obs['n_counts'] holds {col.dtype} values; Geneformer divides each cell's counts by it, so it must be the "
+            "numeric total count of the cell. Fix it (e.g. `adata.obs['n_counts'] = adata.X.sum(1).A1`) or delete "
+            "the column to use the row sums."
+        )
+        raise ValueError(msg)
+    values = col.to_numpy()
+    bad = np.flatnonzero(~np.isfinite(values.astype(np.float64)))
+    if len(bad):
+        msg = (
+            f"obs['n_counts'] is NaN or infinite for {len(bad)} cell(s) (rows {list(bad[:5])}); Geneformer divides "
+            "each cell's counts by it. Fill it with the cells' total counts or delete the column to use the row sums."
+        )
+        raise ValueError(msg)
+    return values
+
+
+def _check_no_overflow(chunk: sparse.csr_matrix, row_total: np.ndarray, *, offset: int) -> None:
+    """Integer row sums that wrapped around (counts too large for their integer type) are refused."""
+    exact = np.add.reduceat(np.append(chunk.data.astype(np.float64), 0.0), chunk.indptr[:-1])
+    exact = np.where(np.diff(chunk.indptr) > 0, exact, 0.0)
+    wrong = np.flatnonzero(np.abs(exact - row_total.astype(np.float64)) > 1e-6 * np.maximum(np.abs(exact), 1.0))
+    if len(wrong):
+        msg = (
+            f"The total counts of {len(wrong)} cell(s) overflow {row_total.dtype} (rows {list(offset + wrong[:5])}: "
+            f"true total {exact[wrong[0]]:.4g}). These are not plausible counts; check the matrix, or convert it to "
+            "float64 first (`adata.X = adata.X.astype('float64')`)."
+        )
+        raise ValueError(msg)
 
 
 def _check_values(chunk: sparse.csr_matrix, *, input: str, layer: str | None, offset: int) -> None:

@@ -489,7 +489,11 @@ class ScGPTModel(FoundationModel):
 def _matched(X: Any, cols: np.ndarray) -> sparse.csr_matrix:
     """The columns ``cols`` of ``X`` (sparse or dense) as canonical CSR (repeated entries summed, indices sorted)."""
     sub = X[:, cols]
-    sub = sparse.csr_matrix(sub) if sparse.issparse(sub) else sparse.csr_matrix(np.asarray(sub))
+    if sparse.issparse(sub):
+        sub = sparse.csr_matrix(sub)
+    else:  # scipy.sparse has no float16; float32 holds it exactly
+        sub = np.asarray(sub)
+        sub = sparse.csr_matrix(sub.astype(np.float32) if sub.dtype == np.float16 else sub)
     sub.sum_duplicates()
     return sub
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from scipy import sparse
 
-from .._checks import check_nonnegative_finite, get_matrix
+from .._checks import check_nonnegative_finite, get_matrix, in_memory
 from .._random import as_seed
 from .._utils import get_modality, sanitize_params
 
@@ -66,7 +66,7 @@ def bin_scgpt(
         msg = f"`n_bins` must be at least 3, got {n_bins}."
         raise ValueError(msg)
     target = get_modality(adata, mod)
-    X = get_matrix(target, layer)
+    X = in_memory(get_matrix(target, layer))  # a backed matrix is read once
     what = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     check_nonnegative_finite(X, what=what)
     X = sparse.csr_matrix(X, dtype=np.float32, copy=True)

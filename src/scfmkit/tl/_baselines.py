@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from scipy import sparse
 
-from scfmkit._checks import detect_input
+from scfmkit._checks import detect_input, in_memory
 from scfmkit._random import as_seed
 from scfmkit._settings import settings
 from scfmkit._utils import get_matrix, get_modality, logger, sanitize_params, write_back
@@ -29,7 +29,7 @@ def _lognorm_copy(adata: AnnData, layer: str | None, kind: str) -> AnnData:
     import anndata as ad
     import scanpy as sc
 
-    X = get_matrix(adata, layer)
+    X = in_memory(get_matrix(adata, layer))
     work = ad.AnnData(X=X.copy(), obs=adata.obs[[]].copy(), var=adata.var[[]].copy())
     if kind == "counts":
         work.X = work.X.astype(np.float32)
@@ -140,12 +140,12 @@ def baselines(
         raise ValueError(msg)
 
     seed = as_seed(rng)
-    X = get_matrix(target, layer)
+    X = in_memory(get_matrix(target, layer))  # a backed matrix is read once
     kind = detect_input(X, what="adata.X" if layer is None else f"layer {layer!r}")
     counts_kind = kind
     if "scvi" in methods:
         if counts_layer is not None:
-            counts_kind = detect_input(get_matrix(target, counts_layer), what=f"layer {counts_layer!r}")
+            counts_kind = detect_input(in_memory(get_matrix(target, counts_layer)), what=f"layer {counts_layer!r}")
         if counts_kind != "counts":
             where = "adata.X" if (counts_layer or layer) is None else f"layer {(counts_layer or layer)!r}"
             msg = (
@@ -261,7 +261,7 @@ def _scvi(
     import scanpy as sc
     import scvi
 
-    X = get_matrix(adata, layer)
+    X = in_memory(get_matrix(adata, layer))
     work = ad.AnnData(X=X.copy(), obs=adata.obs[[]].copy(), var=adata.var[[]].copy())
     work.layers["counts"] = work.X
     if batch_key is not None:

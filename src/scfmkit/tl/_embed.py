@@ -95,6 +95,7 @@ def embed(
         **options,
         **model_options,
     )
+    _check_finite(emb, fm_model, what="cell embeddings")
     # everything computed: only now write (a failed call leaves the caller's object as it was)
     data = adata.copy() if copy else adata
     target = get_modality(data, mod)
@@ -157,8 +158,25 @@ def embed_genes(
         device=device,
         **model_options,
     )
+    _check_finite(emb, fm_model, what="gene embeddings")
     data = adata.copy() if copy else adata
     target = get_modality(data, mod)
     target.varm[key] = emb
     target.uns[key] = {"params": sanitize_params({**fm_model.base_params, "kind": kind, **params})}
     return data if copy else None
+
+
+def _check_finite(emb, fm_model: models.FoundationModel, *, what: str) -> None:
+    """Refuse non-finite output (rows that are entirely NaN mark genes the model lacks, by design)."""
+    import numpy as np
+
+    finite = np.isfinite(emb)
+    by_design = np.isnan(emb).all(axis=1) if what == "gene embeddings" else np.zeros(len(emb), bool)
+    bad = ~finite.all(axis=1) & ~by_design
+    if bad.any():
+        msg = (
+            f"{fm_model.name} produced NaN or infinite {what} for {int(bad.sum())} rows (e.g. row "
+            f"{int(np.flatnonzero(bad)[0])}); nothing was written. The weights ({fm_model.weights_id}) are probably "
+            "corrupted or were trained in another precision: reload them, or try `precision='float32'`."
+        )
+        raise ValueError(msg)

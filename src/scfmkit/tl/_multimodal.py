@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .._random import as_seed
-from .._utils import is_mudata, logger, sanitize_params
+from .._utils import get_modality, is_mudata, logger, sanitize_params
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -87,7 +87,7 @@ def modality_embedding(
     """
     import anndata as ad
 
-    adata = mdata.mod[mod] if is_mudata(mdata) else mdata
+    adata = get_modality(mdata, mod) if is_mudata(mdata) else mdata
     if is_mudata(mdata) and mod not in mdata.mod:
         msg = f"Modality {mod!r} is not in this MuData (it has {list(mdata.mod)})."
         raise KeyError(msg)
