@@ -394,7 +394,7 @@ def test_mudata_rna_modality(model, cells):
 
 def test_pp_bin_scgpt_matches_model_input(model, cells):
     a = cells[:12].copy()
-    a = a[:, model.match_adata(a).var_tokens >= 0].copy()  # every gene in the vocabulary: the bins are the model's input
+    a = a[:, model.match_adata(a).var_tokens >= 0].copy()  # every gene in the vocabulary: bins = model input
     before = a.X.copy()
     out = fm.pp.bin_scgpt(a, rng=3, copy=True)
     assert "X_binned" not in a.layers

@@ -193,7 +193,7 @@ class GeneformerModel(FoundationModel):
                 names = list(adata.obs_names[start + empty_total[:5]])
                 what = "obs['n_counts']" if n_counts_obs is not None else "total counts"
                 msg = (
-                    f"{len(empty_total)} cell(s) have {what} <= 0 (rows {list(start + empty_total[:5])}, e.g. "
+                    f"{len(empty_total)} cell(s) have {what} <= 0 (rows {(start + empty_total[:5]).tolist()}, e.g. "
                     f"{names}). Remove empty cells first, e.g. `sc.pp.filter_cells(adata, min_counts=1)`."
                 )
                 raise ValueError(msg)
@@ -546,7 +546,7 @@ def _n_counts(adata: AnnData) -> np.ndarray | None:
     bad = np.flatnonzero(~np.isfinite(values.astype(np.float64)))
     if len(bad):
         msg = (
-            f"obs['n_counts'] is NaN or infinite for {len(bad)} cell(s) (rows {list(bad[:5])}); Geneformer divides "
+            f"obs['n_counts'] is NaN or infinite for {len(bad)} cell(s) (rows {bad[:5].tolist()}); Geneformer divides "
             "each cell's counts by it. Fill it with the cells' total counts or delete the column to use the row sums."
         )
         raise ValueError(msg)
@@ -560,9 +560,9 @@ def _check_no_overflow(chunk: sparse.csr_matrix, row_total: np.ndarray, *, offse
     wrong = np.flatnonzero(np.abs(exact - row_total.astype(np.float64)) > 1e-6 * np.maximum(np.abs(exact), 1.0))
     if len(wrong):
         msg = (
-            f"The total counts of {len(wrong)} cell(s) overflow {row_total.dtype} (rows {list(offset + wrong[:5])}: "
-            f"true total {exact[wrong[0]]:.4g}). These are not plausible counts; check the matrix, or convert it to "
-            "float64 first (`adata.X = adata.X.astype('float64')`)."
+            f"The total counts of {len(wrong)} cell(s) overflow {row_total.dtype} (rows "
+            f"{(offset + wrong[:5]).tolist()}: true total {exact[wrong[0]]:.4g}). These are not plausible counts; "
+            "check the matrix, or convert it to float64 first (`adata.X = adata.X.astype('float64')`)."
         )
         raise ValueError(msg)
 

@@ -77,7 +77,8 @@ def bin_scgpt(
         lo, hi = X.indptr[i], X.indptr[i + 1]
         X.data[lo:hi] = bin_values(X.data[lo:hi], n_bins, rngs[i])
     X.eliminate_zeros()
-    data = adata.copy() if copy else adata
+    # a copy of a backed AnnData is an in-memory one (anndata cannot copy backed objects without a file)
+    data = (adata.to_memory() if getattr(adata, "isbacked", False) else adata.copy()) if copy else adata
     out = get_modality(data, mod)
     out.layers[key_added] = X
     out.uns["scgpt_binning"] = {"params": sanitize_params({"n_bins": n_bins, "layer": layer, "rng_seed": base_seed})}
