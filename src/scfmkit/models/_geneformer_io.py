@@ -10,7 +10,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._io import hub_download, load_state_dict, safe_load_pickle, sha256_file
+from ._io import find_weights, hub_download, load_state_dict, safe_load_pickle, sha256_file
 
 __all__ = ["GeneformerVocab", "detect_variant", "read_checkpoint", "write_random_checkpoint"]
 
@@ -106,7 +106,6 @@ class _HubLayout:
     repo: str
     weights_subfolder: str
     dictionaries: tuple[str, ...]
-    revision: str | None = None
 
 
 _HUB = {
@@ -153,13 +152,6 @@ def _from_hub(name: str, *, weights: str) -> Path:
     return target
 
 
-def _weights_file(directory: Path) -> Path | None:
-    for fname in ("model.safetensors", "pytorch_model.bin"):
-        if (directory / fname).is_file():
-            return directory / fname
-    return None
-
-
 def read_checkpoint(directory: Path | None, *, weights: str, seed: int, name: str | None):
     """``(config, vocab, state_dict, weights_id, directory)`` of a Geneformer folder (or the hub, or random weights)."""
     from .._utils import logger
@@ -191,13 +183,11 @@ def read_checkpoint(directory: Path | None, *, weights: str, seed: int, name: st
         state_dict = random_hf_state_dict(bert_config, seed)
         weights_id = f"random:{seed}"
     else:
-        wfile = _weights_file(directory)
-        if wfile is None:
-            msg = (
-                f"{directory} has no model.safetensors or pytorch_model.bin. Put the released weights there, or pass "
-                "`weights='random'` for the foundationless control with the same architecture and dictionaries."
-            )
-            raise FileNotFoundError(msg)
+        wfile = find_weights(
+            directory,
+            ("model.safetensors", "pytorch_model.bin"),
+            where="Put the released Geneformer weights there (HuggingFace ctheodoris/Geneformer).",
+        )
         state_dict = load_state_dict(wfile)
         check_state_dict(state_dict, bert_config, source=wfile)
         weights_id = f"sha256:{sha256_file(wfile)}"

@@ -125,6 +125,21 @@ def load_state_dict(path: str | Path) -> dict[str, Any]:
     return obj
 
 
+def find_weights(directory: Path, names: tuple[str, ...], *, where: str) -> Path:
+    """The first of ``names`` present in ``directory`` (a model's weights file), or an error that says the fix.
+
+    ``where`` tells the user where the released weights come from.
+    """
+    for fname in names:
+        if (Path(directory) / fname).is_file():
+            return Path(directory) / fname
+    msg = (
+        f"No weights in {str(directory)!r}: expected one of {list(names)}. {where} Or pass `weights='random'` for the "
+        "foundationless control with the same architecture and vocabulary."
+    )
+    raise FileNotFoundError(msg)
+
+
 def check_finite(state: dict[str, Any], *, source: object) -> None:
     """Refuse weights holding NaN or infinite values (corrupted bytes behind an intact header), naming the file."""
     import torch

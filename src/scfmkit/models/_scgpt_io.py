@@ -59,15 +59,14 @@ def read_args(path: Path) -> dict[str, Any]:
 
 
 def find_weights(directory: Path) -> Path:
-    for fname in WEIGHT_FILES:
-        if (directory / fname).is_file():
-            return directory / fname
-    msg = (
-        f"No weights in {str(directory)!r}: expected one of {list(WEIGHT_FILES)} beside args.json and vocab.json. "
-        "Download the scGPT checkpoint folder (e.g. scGPT_human from the scGPT README's Google Drive link), or use "
-        "weights='random' for the untrained control."
+    """``best_model.pt`` (or ``model.safetensors``) of an scGPT folder."""
+    from ._io import find_weights as find
+
+    return find(
+        directory,
+        WEIGHT_FILES,
+        where="Download the scGPT checkpoint folder (e.g. scGPT_human from the scGPT README's Google Drive link).",
     )
-    raise FileNotFoundError(msg)
 
 
 def load_weights(module: ScGPTEncoder, path: Path) -> None:

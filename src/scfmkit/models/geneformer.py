@@ -62,7 +62,6 @@ class GeneformerModel(FoundationModel):
     ) -> None:
         from ._bert import BertConfig
 
-        self.config_dict = config
         self.config: BertConfig = BertConfig.from_dict(config)
         self.vocab = vocab
         self.name = name

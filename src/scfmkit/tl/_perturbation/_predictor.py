@@ -22,8 +22,6 @@ class PerturbationPredictor:
     """
 
     name = "base"
-    #: whether the predictor outputs expression (False for embedding-only methods such as Geneformer)
-    expression_space = True
 
     def __init__(self, **options: Any) -> None:
         self.options = options
