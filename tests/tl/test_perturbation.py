@@ -116,7 +116,16 @@ def test_linear_with_foundation_model_embeddings(pb):
     from scfmkit.models import FoundationModel
 
     class Toy(FoundationModel):
+        """The smallest complete model: every abstract method of the interface, only token embeddings real."""
+
         family, name, weights_id, source = "toy", "toy", "random:0", "test"
+        hidden_size = n_layers = 6
+
+        def match_genes(self, genes, *, gene_id_type="auto"):
+            raise NotImplementedError
+
+        def tokenize(self, adata, **kwargs):
+            raise NotImplementedError
 
         def embed_cells(self, adata, **kwargs):
             raise NotImplementedError
