@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
+    "CellSet",
     "cell_mean_baseline",
     "celleval_score",
     "de_overlap",
@@ -371,3 +372,89 @@ def split_halves(labels, rng) -> tuple[np.ndarray, np.ndarray]:
         msg = "No group has 2 cells or more; a split-half replicate needs at least two cells per group."
         raise ValueError(msg)
     return np.concatenate(a), np.concatenate(b)
+
+
+class CellSet:
+    """Log-normalised cells grouped by condition, for the metrics that run cell-eval's DE test.
+
+    Keeps each condition's DE ranking against the control cells once computed (a benchmark scores many predictions
+    of the same conditions).
+
+    Parameters
+    ----------
+    X
+        Log1p-normalised expression, cells x genes (dense or sparse; not copied, not modified).
+    labels
+        Condition of every cell (the control included).
+    control
+        The control label.
+    """
+
+    def __init__(self, X, labels, control: str) -> None:
+        labels = np.asarray(labels).astype(str)
+        if X.shape[0] != labels.size:
+            msg = f"`labels` has {labels.size} entries for {X.shape[0]} cells."
+            raise ValueError(msg)
+        data = X.data if hasattr(X, "toarray") else np.asarray(X)
+        if not np.isfinite(data).all() or (data < 0).any():
+            msg = "The cells must be finite, non-negative log1p-normalised values (cell-eval's DE test reads log1p)."
+            raise ValueError(msg)
+        self.X = X
+        self.labels = labels
+        self.control = str(control)
+        self._rows = {str(g): np.flatnonzero(labels == g) for g in np.unique(labels)}
+        if self.control not in self._rows:
+            msg = f"No control cells (label {self.control!r}) among the cells."
+            raise ValueError(msg)
+        self._ranking: dict[str, np.ndarray] = {}
+        self._ctrl: np.ndarray | None = None
+
+    @property
+    def n_genes(self) -> int:
+        """Number of genes."""
+        return int(self.X.shape[1])
+
+    def has(self, condition: str) -> bool:
+        """Whether the condition has cells here."""
+        return str(condition) in self._rows
+
+    def n_cells(self, condition: str) -> int:
+        """Number of cells of a condition."""
+        return int(self._rows[str(condition)].size)
+
+    def cells(self, condition: str) -> np.ndarray:
+        """Dense float64 matrix of a condition's cells."""
+        x = self.X[self._rows[str(condition)]]
+        return np.asarray(x.toarray() if hasattr(x, "toarray") else x, dtype=np.float64)
+
+    def control_cells(self) -> np.ndarray:
+        """Dense float64 matrix of the control cells."""
+        if self._ctrl is None:
+            self._ctrl = self.cells(self.control)
+        return self._ctrl
+
+    def mean(self, condition: str) -> np.ndarray:
+        """Pseudobulk (mean) of a condition's cells."""
+        return self.cells(condition).mean(0)
+
+    def ranking(self, condition: str) -> np.ndarray:
+        """cell-eval's DE ranking of the condition's cells against the control cells (cached)."""
+        condition = str(condition)
+        if condition not in self._ranking:
+            res = de_test(self.cells(condition), self.control_cells())
+            self._ranking[condition] = de_ranking(res["log2_fold_change"], res["fdr"])
+        return self._ranking[condition]
+
+    def profile_ranking(self, profile, n_cells: int) -> np.ndarray:
+        """cell-eval's DE ranking of one predicted profile repeated for ``n_cells`` cells, against these controls.
+
+        This is how cell-eval scores a pseudobulk prediction (its cell-mean baseline is such a repeated profile).
+        """
+        profile = np.asarray(profile, dtype=np.float64)
+        res = de_test(np.broadcast_to(profile, (int(n_cells), profile.size)), self.control_cells())
+        return de_ranking(res["log2_fold_change"], res["fdr"])
+
+    def subset(self, idx) -> CellSet:
+        """A new CellSet of the cells ``idx`` (e.g. one half of a split)."""
+        idx = np.asarray(idx)
+        return CellSet(self.X[idx], self.labels[idx], self.control)

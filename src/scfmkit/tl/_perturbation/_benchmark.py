@@ -80,7 +80,7 @@ def benchmark_perturbation(
     A new DataFrame with columns ``method``, ``seed``, ``condition``, ``metric``, ``value``; its ``attrs`` hold
     ``fit_seconds`` (method -> list of fit+predict times) and ``dropped`` (seed -> conditions left out).
     """
-    from scfmkit.metrics._perturbation import perturbation_metrics
+    from scfmkit.metrics._perturbation_scoring import perturbation_metrics
     from scfmkit.pp._perturbation import pseudobulk_perturbations, split_perturbations
 
     target = get_modality(adata, mod)
