@@ -202,3 +202,39 @@ def test_bad_input_untouched():
         ce.discrimination_score(p, x, 0, 0)
     with pytest.raises(ValueError, match="2 cells"):
         ce.split_halves(["a", "b"], 0)
+
+
+def test_scoring_loop_equals_celleval(golden, cells, scored):
+    # fm.metrics.perturbation_metrics on the pseudobulk + cells gives cell-eval's per-condition numbers
+    import anndata as ad
+    import pandas as pd
+
+    import scfmkit as fm
+
+    X, lab = cells
+    obs = pd.DataFrame({"condition": lab}, index=[f"c{i}" for i in range(lab.size)])
+    adata = ad.AnnData(X, obs=obs)
+    adata.var_names = [str(g) for g in golden["genes"]]
+    pdata = fm.pp.pseudobulk_perturbations(adata, counts=False)
+    perts = [str(p) for p in golden["perts"]]
+    cs = fm.metrics.cell_set(adata, pdata)
+    metrics = ["mae", "discrimination_score_l1", "overlap_at_N", "precision_at_N"]
+    for tag, vec in [
+        ("mean", lambda p: scored["_base"]),
+        ("blend", lambda p: 0.5 * X[lab == p].mean(0) + 0.5 * scored["_base"]),
+    ]:
+        frame = pd.DataFrame([vec(p) for p in perts], index=perts, columns=adata.var_names)
+        df = fm.metrics.perturbation_metrics(pdata, frame, cells=cs, metrics=metrics)
+        got = df.pivot(index="condition", columns="metric", values="value").loc[perts]
+        for m in metrics:
+            np.testing.assert_allclose(got[m].to_numpy(), golden[f"{tag}__{m}"], rtol=0, atol=TOL, err_msg=f"{tag} {m}")
+    # the replicate: half B's cells (with their own controls) as the prediction of half A
+    a, b = scored["_halves"]
+    half_a = adata[a].copy()
+    pa = fm.pp.pseudobulk_perturbations(half_a, counts=False)
+    cb = fm.metrics.CellSet(X[b], lab[b], "control")
+    frame = pd.DataFrame([cb.mean(p) for p in perts], index=perts, columns=adata.var_names)
+    df = fm.metrics.perturbation_metrics(pa, frame, cells=half_a, pred_cells=cb, metrics=metrics)
+    got = df.pivot(index="condition", columns="metric", values="value").loc[perts]
+    for m in metrics:
+        np.testing.assert_allclose(got[m].to_numpy(), golden[f"replicate__{m}"], rtol=0, atol=TOL, err_msg=m)
