@@ -24,4 +24,5 @@ from ._perturbation import (
     top_expressed_genes,
 )
 from ._perturbation_scoring import cell_set, perturbation_metrics
+from ._summary import summarize_benchmark
 from ._table import GENE_SETS, PERTURBATION_METRIC_TABLE, PERTURBATION_METRICS, PerturbationMetric, metric_table
