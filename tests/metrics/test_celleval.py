@@ -238,3 +238,23 @@ def test_scoring_loop_equals_celleval(golden, cells, scored):
     got = df.pivot(index="condition", columns="metric", values="value").loc[perts]
     for m in metrics:
         np.testing.assert_allclose(got[m].to_numpy(), golden[f"replicate__{m}"], rtol=0, atol=TOL, err_msg=m)
+
+
+@pytest.mark.slow
+def test_de_genes_per_condition_norman_papalexi(shared_dir):
+    # the measured reason why cell-eval's DE overlap cannot discriminate on these data (docs/when_does_fm_help.md)
+    import anndata as ad
+
+    import scfmkit as fm
+
+    full = ad.read_h5ad(shared_dir / "data" / "norman2019_perturbench_subset.h5ad")
+    cells = full[full.obs["dataset"] == "norman19"].copy()
+    pb = fm.pp.pseudobulk_perturbations(cells, n_top_de=0)
+    cs = fm.metrics.cell_set(cells, pb)
+    n = np.array([cs.ranking(c).size for c in pb.obs_names if c != "control"])
+    assert (n.size, pb.n_vars, np.median(n), int((n == 0).sum()), int(n.max())) == (33, 500, 2.0, 11, 7)
+    pap = ad.read_h5ad(shared_dir / "data" / "papalexi2021_eccite_lowmoi.h5ad")
+    pbp = fm.pp.pseudobulk_perturbations(pap, perturbation_key="target", control="non-targeting", n_top_de=0)
+    cs = fm.metrics.cell_set(pap, pbp)
+    n = np.array([cs.ranking(c).size for c in pbp.obs_names if c != "non-targeting"])
+    assert (n.size, pbp.n_vars, np.median(n), int((n == 0).sum()), int(n.max())) == (25, 299, 1.0, 9, 111)
