@@ -73,7 +73,7 @@ def scored(golden, cells):
         "noisy": (np.clip(X + rng.normal(0, 0.3, size=X.shape) * (~ctrl)[:, None], 0, None), lab),
     }
     out = {tag: _panel(golden, X, lab, px, pl) for tag, (px, pl) in preds.items()}
-    a, b = ce.split_halves(lab, int(golden["replicate_seed"]))
+    a, b = ce.split_halves(lab, rng=int(golden["replicate_seed"]))
     out["replicate"] = _panel(golden, X[a], lab[a], X[b], lab[b])
     out["_base"] = base
     out["_halves"] = (a, b)
@@ -201,7 +201,7 @@ def test_bad_input_untouched():
     with pytest.raises(ValueError, match="NaN"):
         ce.discrimination_score(p, x, 0, 0)
     with pytest.raises(ValueError, match="2 cells"):
-        ce.split_halves(["a", "b"], 0)
+        ce.split_halves(["a", "b"], rng=0)
 
 
 def test_scoring_loop_equals_celleval(golden, cells, scored):

@@ -58,7 +58,7 @@ def test_benchmark_replicate_row():
     pb = fm.pp.pseudobulk_perturbations(cells)
     cs = fm.metrics.cell_set(cells, pb)
     rows = np.flatnonzero(np.isin(cs.labels, [*conds, "control"]))
-    a, b = fm.metrics.split_halves(cs.labels[rows], replicate_seed(seed))
+    a, b = fm.metrics.split_halves(cs.labels[rows], rng=replicate_seed(seed))
     ha, hb = cs.subset(rows[a]), cs.subset(rows[b])
     got = df[(df["seed"] == seed) & (df["method"] == "replicate") & (df["metric"] == "mae")].set_index("condition")
     for c in conds:

@@ -23,6 +23,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from scfmkit._random import RNGLike, as_generator
+
 __all__ = [
     "CellSet",
     "cell_mean_baseline",
@@ -340,7 +342,7 @@ def replicate_score(user: float, base: float, replicate: float, *, higher_is_bet
     return 1.0 - (u - r) / (b - r)
 
 
-def split_halves(labels, rng) -> tuple[np.ndarray, np.ndarray]:
+def split_halves(labels, *, rng: RNGLike = 0) -> tuple[np.ndarray, np.ndarray]:
     """cell-eval2's disjoint split: each group's cells shuffled and cut into two halves of ``floor(n / 2)``.
 
     Groups are visited in sorted order and each is permuted with one generator (``cell_eval2.ceiling.
@@ -351,15 +353,15 @@ def split_halves(labels, rng) -> tuple[np.ndarray, np.ndarray]:
     labels
         Group label of every cell (condition, control included).
     rng
-        Seed or :class:`numpy.random.Generator` (cell-eval2 derives its seeds with
-        ``numpy.random.SeedSequence(0).generate_state(n_splits)``).
+        Seed, :class:`numpy.random.Generator` or ``None`` (fresh OS entropy); cell-eval2 derives its seeds with
+        ``numpy.random.SeedSequence(0).generate_state(n_splits)``.
 
     Returns
     -------
     Cell indices of half A and of half B (group by group).
     """
     labels = np.asarray(labels).astype(str)
-    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    gen = as_generator(rng)
     a, b = [], []
     for g in np.unique(labels):
         perm = gen.permutation(np.flatnonzero(labels == g))

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from scfmkit._random import RNGLike, as_generator
+
 from ._celleval import celleval_score, replicate_score
 from ._table import PERTURBATION_METRIC_TABLE
 
@@ -72,7 +74,7 @@ def summarize_benchmark(
     n_boot: int = 2000,
     confidence: float = 0.95,
     alpha: float = 0.05,
-    rng: int | np.random.Generator | None = 0,
+    rng: RNGLike = 0,
 ) -> pd.DataFrame:
     """Intervals, paired tests against the best baseline, and normalised scores of a benchmark table.
 
@@ -114,7 +116,7 @@ def summarize_benchmark(
     alpha
         Significance level of the tests.
     rng
-        Seed or generator of the bootstrap.
+        Seed or generator of the bootstrap (``None``: fresh OS entropy).
 
     Returns
     -------
@@ -127,7 +129,7 @@ def summarize_benchmark(
     if not 0 < confidence < 1:
         msg = f"`confidence` must be in (0, 1), got {confidence}."
         raise ValueError(msg)
-    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    gen = as_generator(rng)
     methods = list(pd.unique(table["method"]))
     floors = [b for b in baselines if b in methods]
     n_true_de = table.attrs.get("n_true_de", {}) or {}

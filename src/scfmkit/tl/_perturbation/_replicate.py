@@ -67,7 +67,7 @@ def score_replicate(
     control = cells.control
     keep = np.isin(cells.labels, [*conditions, control])
     rows = np.flatnonzero(keep)
-    a, b = (rows[h] for h in split_halves(cells.labels[rows], replicate_seed(seed)))
+    a, b = (rows[h] for h in split_halves(cells.labels[rows], rng=replicate_seed(seed)))
     half_a, half_b = cells.subset(a), cells.subset(b)
     scored = [c for c in conditions if half_a.has(c)]
     if len(scored) < len(conditions):
