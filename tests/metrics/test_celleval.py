@@ -45,7 +45,7 @@ def _panel(golden, real_x, real_lab, pred_x, pred_lab):
     exclude = [[genes.index(p)] if p in genes else None for p in perts]
     out = {
         "discrimination_score_l1": ce.discrimination_score(
-            pred, true, pred_x[pc].mean(0), real_x[rc].mean(0), exclude=exclude
+            pred, true, pred_control=pred_x[pc].mean(0), true_control=real_x[rc].mean(0), exclude=exclude
         ),
         "mae": np.array([ce.mean_absolute_error(pred[i], true[i]) for i in range(len(perts))]),
     }
@@ -165,9 +165,13 @@ def test_discrimination_hand():
     # effects: true rows [0,0], [1,0], [3,0]; the prediction of row 1 is [2.1, 0]: nearest is row 2 -> rank 1 of 3
     true = np.array([[0.0, 0], [1, 0], [3, 0]])
     pred = np.array([[0.0, 0], [2.1, 0], [3, 0]])
-    np.testing.assert_allclose(ce.discrimination_score(pred, true, 0, 0), [1.0, 1 - 1 / 3, 1.0])
+    np.testing.assert_allclose(
+        ce.discrimination_score(pred, true, pred_control=0, true_control=0), [1.0, 1 - 1 / 3, 1.0]
+    )
     # leaving out the first column makes every row equal: argsort of a tie keeps row order -> ranks 0, 1, 2
-    np.testing.assert_allclose(ce.discrimination_score(pred, true, 0, 0, exclude=[[0]] * 3), [1.0, 2 / 3, 1 / 3])
+    np.testing.assert_allclose(
+        ce.discrimination_score(pred, true, pred_control=0, true_control=0, exclude=[[0]] * 3), [1.0, 2 / 3, 1 / 3]
+    )
 
 
 def test_scores_hand():
@@ -199,7 +203,7 @@ def test_bad_input_untouched():
     p = x.copy()
     p[2, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
-        ce.discrimination_score(p, x, 0, 0)
+        ce.discrimination_score(p, x, pred_control=0, true_control=0)
     with pytest.raises(ValueError, match="2 cells"):
         ce.split_halves(["a", "b"], rng=0)
 

@@ -202,7 +202,7 @@ def de_overlap(true_ranking, pred_ranking, *, k: int | None = None, metric: str 
     return np.intersect1d(true_ranking[:k_eff], pred_ranking[:k_eff]).size / k_eff
 
 
-def discrimination_score(pred, true, pred_control, true_control, *, exclude: Sequence | None = None) -> np.ndarray:
+def discrimination_score(pred, true, *, pred_control, true_control, exclude: Sequence | None = None) -> np.ndarray:
     """cell-eval's ``discrimination_score_l1`` of every condition of a panel.
 
     For condition ``p`` the L1 distances of its predicted effect ``pred[p] - pred_control`` to every observed effect

@@ -42,10 +42,11 @@ class PerturbationMetric:
         Names of the positional arguments, read from the scoring context: per condition ``pred``, ``true``
         (pseudobulks), ``control`` (observed control mean), ``perturbed_centroid`` (mean of the training
         perturbations), ``true_de`` / ``pred_de`` (cell-eval DE rankings); per panel ``pred``, ``true`` (conditions x
-        genes), ``pred_control``, ``true_control``.
+        genes).
     context
         Keyword arguments read from the panel context (``others``: observed centroids of the unscored conditions;
-        ``exclude``: each condition's target-gene column).
+        ``pred_control`` / ``true_control``: the control profiles effects are taken from; ``exclude``: each
+        condition's target-gene column).
     genes
         Key of :data:`GENE_SETS`; ``top_expressed`` and ``top_de`` are passed to the kernel as ``genes=``.
     level
@@ -110,9 +111,8 @@ _ENTRIES = [
                        description="Spearman of the log fold changes to control"),
     PerturbationMetric("mae", ce.mean_absolute_error, _PT, higher_is_better=False, source=_CE,
                        description="mean absolute error of the profiles"),
-    PerturbationMetric("discrimination_score_l1", ce.discrimination_score,
-                       ("pred", "true", "pred_control", "true_control"), "not_target", level="panel",
-                       context=("exclude",), source=_CE,
+    PerturbationMetric("discrimination_score_l1", ce.discrimination_score, _PT, "not_target", level="panel",
+                       context=("pred_control", "true_control", "exclude"), source=_CE,
                        description="1 - rank/n of the own observed effect among all by L1 distance to the predicted"),
     PerturbationMetric("overlap_at_N", ce.de_overlap, ("true_de", "pred_de"), "celleval_de", needs_cells=True,
                        source=_CE, description="share of the N observed DE genes among the top-N predicted DE genes"),

@@ -89,7 +89,9 @@ def perturbation_metrics(
         msg = "Nothing to plot: `data` has no metrics or methods."
         raise ValueError(msg)
     if summary is None and {"seed", "condition"} <= set(data.columns):
-        summary = summarize_benchmark(data, baselines=baselines, ceiling=ceiling, rng=0)
+        shown = data[data["metric"].isin(metrics)]
+        shown.attrs = dict(data.attrs)
+        summary = summarize_benchmark(shown, baselines=baselines, ceiling=ceiling, rng=0)
     elif summary is None or summary is False:
         summary = None
     if summary is not None:
