@@ -120,7 +120,8 @@ def summarize_benchmark(
 
     Returns
     -------
-    A new tidy DataFrame, one row per (method, seed, metric), columns as above plus ``n_conditions``.
+    A new tidy DataFrame, one row per (method, seed, metric), columns as above plus ``n_conditions`` (the conditions
+    with a value; for ``seed == "all"`` the scored (seed, condition) pairs).
     """
     need = {"method", "seed", "condition", "metric", "value"}
     if not need <= set(table.columns):
