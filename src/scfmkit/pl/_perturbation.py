@@ -138,6 +138,8 @@ def _draw_summary(ax, summary, metric, methods, pos, ceiling, title, blended):
     if not rows:
         return title
     trans = blended(ax.transData, ax.transAxes)
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi + 0.15 * (hi - lo))  # room for the test marks above the data
     for i, m in enumerate(methods):
         r = rows.get(m)
         if r is None or not np.isfinite(r["mean"]):
