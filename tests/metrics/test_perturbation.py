@@ -79,7 +79,7 @@ def test_kernel_errors():
 
 
 @pytest.fixture
-def pdata():
+def counts():
     rng = np.random.default_rng(0)
     import anndata as ad
 
@@ -90,7 +90,12 @@ def pdata():
     X[labels == "g2", 6] += 20
     cells = ad.AnnData(X, obs=pd.DataFrame({"condition": labels}, index=[f"c{i}" for i in range(len(labels))]))
     cells.var_names = genes
-    return fm.pp.pseudobulk_perturbations(cells, n_top_de=5)
+    return cells
+
+
+@pytest.fixture
+def pdata(counts):
+    return fm.pp.pseudobulk_perturbations(counts, n_top_de=5)
 
 
 def test_wrapper_perfect_prediction(pdata):
@@ -98,7 +103,9 @@ def test_wrapper_perfect_prediction(pdata):
     truth = pd.DataFrame(pdata[conds].X, index=conds, columns=pdata.var_names)
     df = fm.metrics.perturbation_metrics(pdata, truth)
     assert list(df.columns) == ["condition", "metric", "value"]
-    assert set(df["metric"]) == set(fm.metrics.PERTURBATION_METRICS)
+    # without cells, every metric of the table except those that test cells
+    table = fm.metrics.PERTURBATION_METRIC_TABLE
+    assert set(df["metric"]) == {m for m in fm.metrics.PERTURBATION_METRICS if not table[m].needs_cells}
     v = df.set_index(["condition", "metric"])["value"]
     assert v[("g1", "pearson_delta")] == pytest.approx(1.0)
     assert v[("g1", "mse")] == pytest.approx(0.0)
@@ -138,3 +145,99 @@ def test_wrapper_errors(pdata):
         fm.metrics.perturbation_metrics(pdata, "nope")
     with pytest.raises(ValueError, match="conditions="):
         fm.metrics.perturbation_metrics(pdata, np.zeros((1, pdata.n_vars)))
+
+
+def test_table_drives_the_loop(pdata, counts):
+    # every metric of the table is scored, from the table's kernel; a perfect prediction of observed cells
+    conds = ["g1", "g2", "g1+g2"]
+    truth = pd.DataFrame(pdata[conds].X, index=conds, columns=pdata.var_names)
+    df = fm.metrics.perturbation_metrics(pdata, truth, cells=counts)
+    assert list(pd.unique(df["metric"])) == list(fm.metrics.PERTURBATION_METRICS)
+    v = df.set_index(["condition", "metric"])["value"]
+    assert v[("g1", "mae")] == pytest.approx(0.0)
+    # panel of 3: every prediction is nearest to its own effect
+    assert v[("g1", "discrimination_score_l1")] == 1.0
+    assert v[("g1+g2", "discrimination_score_l1")] == 1.0
+    assert df.attrs["n_true_de"]["g1"] >= 1  # gene 5 raised by 20 counts in all 20 cells
+    tbl = fm.metrics.metric_table()
+    assert list(tbl["metric"]) == list(fm.metrics.PERTURBATION_METRICS)
+    assert set(tbl.columns) >= {"kernel", "genes", "level", "needs_cells", "higher_is_better"}
+
+
+def test_cell_metrics_equal_the_kernels(pdata, counts):
+    conds = ["g1", "g2", "g1+g2"]
+    rng = np.random.default_rng(3)
+    pred = np.clip(pdata[conds].X + rng.normal(0, 0.2, size=(3, pdata.n_vars)), 0, None)
+    cs = fm.metrics.cell_set(counts, pdata)
+    df = fm.metrics.perturbation_metrics(pdata, pred, conditions=conds, cells=cs, metrics=["overlap_at_N", "mae"])
+    got = df.set_index(["condition", "metric"])["value"]
+    for i, c in enumerate(conds):
+        true_rank = cs.ranking(c)
+        pred_rank = fm.metrics.de_ranking(**_lfc_fdr(np.repeat(pred[i][None], cs.n_cells(c), 0), cs.control_cells()))
+        assert got[(c, "overlap_at_N")] == fm.metrics.de_overlap(true_rank, pred_rank)
+        assert got[(c, "mae")] == pytest.approx(np.abs(pred[i] - pdata[c].X[0]).mean())
+
+
+def _lfc_fdr(x, ctrl):
+    res = fm.metrics.de_test(x, ctrl)
+    return {"log2_fold_change": res["log2_fold_change"], "fdr": res["fdr"]}
+
+
+def test_cell_set_normalises_like_the_pseudobulk(pdata, counts):
+    cs = fm.metrics.cell_set(counts, pdata)
+    np.testing.assert_allclose(cs.mean("g1"), pdata["g1"].X[0], atol=1e-12)
+    # genes out of order are matched by name; the caller's AnnData is untouched
+    shuffled = counts[:, counts.var_names[::-1]].copy()
+    keep = shuffled.X.copy()
+    cs2 = fm.metrics.cell_set(shuffled, pdata)
+    np.testing.assert_allclose(cs2.mean("g2"), pdata["g2"].X[0], atol=1e-12)
+    np.testing.assert_array_equal(shuffled.X, keep)
+    with pytest.raises(ValueError, match="lacks 1 genes"):
+        fm.metrics.cell_set(counts[:, 1:].copy(), pdata)
+    other = counts.copy()
+    other.X = other.X * 2
+    other.X[other.obs["condition"].to_numpy() == "control", 0] += 1
+    with pytest.raises(ValueError, match="not the cells"):
+        fm.metrics.cell_set(other, pdata)
+
+
+def test_bad_predictions(pdata, counts):
+    conds = ["g1", "g2"]
+    pred = np.array(pdata[conds].X)
+    pred[0, 3] = np.nan
+    keep = pred.copy()
+    with pytest.raises(ValueError, match="NaN"):
+        fm.metrics.perturbation_metrics(pdata, pred, conditions=conds)
+    np.testing.assert_array_equal(pred, keep)
+    # a negative predicted value: an error for the DE metrics unless clipped; the input stays as it is
+    pred = np.array(pdata[conds].X)
+    pred[1, 2] = -0.3
+    keep = pred.copy()
+    with pytest.raises(ValueError, match="negative"):
+        fm.metrics.perturbation_metrics(pdata, pred, conditions=conds, cells=counts, metrics=["overlap_at_N"])
+    df = fm.metrics.perturbation_metrics(
+        pdata, pred, conditions=conds, cells=counts, metrics=["overlap_at_N", "mae"], clip_negative=True
+    )
+    np.testing.assert_array_equal(pred, keep)
+    assert df.set_index(["condition", "metric"])["value"][("g2", "mae")] == pytest.approx(
+        np.abs(pred[1] - pdata["g2"].X[0]).mean()  # the other metrics see the prediction as given
+    )
+    # conditions missing from the truth, or from the cells
+    frame = pd.DataFrame(pdata[conds].X, index=["g1", "g9"], columns=pdata.var_names)
+    with pytest.raises(KeyError, match="not rows"):
+        fm.metrics.perturbation_metrics(pdata, frame)
+    with pytest.raises(KeyError, match="no cells"):
+        fm.metrics.perturbation_metrics(
+            pdata,
+            pdata[conds].X,
+            conditions=conds,
+            cells=counts[counts.obs["condition"] != "g2"].copy(),
+            metrics=["overlap_at_N"],
+        )
+    with pytest.raises(ValueError, match="cells="):
+        fm.metrics.perturbation_metrics(pdata, pdata[conds].X, conditions=conds, metrics=["overlap_at_N"])
+    # genes out of order in a DataFrame are matched by name
+    frame = pd.DataFrame(pdata[conds].X, index=conds, columns=pdata.var_names)
+    a = fm.metrics.perturbation_metrics(pdata, frame, metrics=["mse"])
+    b = fm.metrics.perturbation_metrics(pdata, frame[frame.columns[::-1]], metrics=["mse"])
+    pd.testing.assert_frame_equal(a, b)

@@ -56,3 +56,25 @@ def test_scatter(pb):
         fm.pl.perturbation_scatter(pb, "g1+g2", layers="nope")
     with pytest.raises(KeyError, match="not a row"):
         fm.pl.perturbation_scatter(pb, "zzz")
+
+
+def test_metric_panels_floor_ceiling_and_tests():
+    rng = np.random.default_rng(0)
+    base = rng.normal(0.3, 0.1, 10)
+    rows = []
+    for m, shift in [("mean", 0.0), ("control", -0.2), ("a", 0.001), ("b", 0.3), ("replicate", 0.5)]:
+        rows += [
+            {"method": m, "seed": 0, "condition": f"c{i}", "metric": "pearson_delta", "value": v + shift}
+            for i, v in enumerate(base + (rng.normal(0, 0.05, 10) if m == "a" else 0))
+        ]
+    df = pd.DataFrame(rows)
+    fig = fm.pl.perturbation_metrics(df, return_fig=True)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.texts]
+    assert labels.count("n.s.") == 1 and labels.count("*") >= 1  # a: not different from the floor; b: is
+    assert {ln.get_label() for ln in ax.get_lines()} >= {"floor (mean)", "ceiling (replicate)"}
+    assert "higher is better" in ax.get_title()
+    plt.close(fig)
+    fig = fm.pl.perturbation_metrics(df, summary=False, return_fig=True)
+    assert not fig.axes[0].texts
+    plt.close(fig)

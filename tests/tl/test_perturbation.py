@@ -210,7 +210,7 @@ def test_benchmark_tidy(pb):
     assert cells.obs.equals(before.obs)
     assert "split" not in cells.obs
     assert list(df.columns) == ["method", "seed", "condition", "metric", "value"]
-    assert set(df["method"]) == {"control", "additive", "lin"}
+    assert set(df["method"]) == {"control", "additive", "lin", "replicate"}  # + the split-half ceiling
     assert set(df["seed"]) == {0, 1}
     per = df.groupby(["seed", "method"])["condition"].apply(frozenset).unstack()
     assert all(len(set(row)) == 1 for _, row in per.iterrows())  # same conditions for every method

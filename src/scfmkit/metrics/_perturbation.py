@@ -1,7 +1,8 @@
-"""Perturbation-prediction metrics: pure numpy kernels and a tidy-DataFrame wrapper.
+"""Perturbation-prediction metrics (GEARS, Ahlmann-Eltze, Systema, cz-benchmarks): pure numpy kernels.
 
 Every kernel scores one condition (1-D arrays over genes) except :func:`centroid_accuracy`, which needs all evaluated
-conditions at once. The metrics follow the published benchmarks:
+conditions at once. The scoring loop (:func:`scfmkit.metrics.perturbation_metrics`) reads them from the metric table
+(``_table.py``); cell-eval's metrics are in ``_celleval.py``. The metrics follow the published benchmarks:
 
 - Ahlmann-Eltze, Huber & Anders (Nat Methods 2025): Pearson delta and L2 distance on the 1,000 genes most expressed in
   control cells (``pearson_delta_top1000``, ``l2_top1000``).
@@ -19,43 +20,18 @@ not 0 as GEARS does.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:
-    import pandas as pd
-    from anndata import AnnData
-
 __all__ = [
-    "PERTURBATION_METRICS",
     "centroid_accuracy",
     "direction_agreement",
     "l2_distance",
     "mse",
     "pearson",
     "pearson_delta",
-    "perturbation_metrics",
     "spearman_delta",
     "top_expressed_genes",
 ]
-
-PERTURBATION_METRICS = (
-    "pearson_delta_top1000",
-    "l2_top1000",
-    "pearson",
-    "pearson_delta",
-    "mse",
-    "pearson_de",
-    "pearson_delta_de",
-    "mse_de",
-    "direction_de",
-    "centroid_accuracy",
-    "pearson_delta_pert",
-    "spearman_lfc",
-    "spearman_lfc_de",
-)
 
 
 def _vec(x, name: str) -> np.ndarray:
@@ -305,154 +281,3 @@ def top_expressed_genes(control_mean, n: int = 1000) -> np.ndarray:
     control_mean = _vec(control_mean, "control_mean")
     order = np.argsort(-control_mean, kind="stable")
     return order[: min(n, control_mean.size)]
-
-
-def perturbation_metrics(
-    data: AnnData,
-    predictions: pd.DataFrame | np.ndarray | str,
-    *,
-    conditions: Sequence[str] | None = None,
-    metrics: Sequence[str] | None = None,
-    de_genes: Mapping[str, Sequence[str]] | None = None,
-    train: Sequence[str] | None = None,
-    n_top_expressed: int = 1000,
-) -> pd.DataFrame:
-    """Score predicted pseudobulks against observed ones: one row per condition and metric.
-
-    Parameters
-    ----------
-    data
-        Pseudobulk AnnData from :func:`scfmkit.pp.pseudobulk_perturbations` (conditions x genes; observed means in
-        ``X``, control mean in ``var['control_mean']``, top DE genes in ``uns['perturbation']['top_de_genes']``).
-    predictions
-        Predicted expression: a DataFrame (conditions x genes, index = condition names, columns = ``data.var_names``),
-        an array in the order of ``conditions``, or the name of a layer of ``data`` (as written by
-        :func:`scfmkit.tl.predict_perturbation`).
-    conditions
-        Conditions to score (default: the DataFrame's index, or all rows of the layer without NaN).
-    metrics
-        Subset of :data:`PERTURBATION_METRICS` (default: all).
-    de_genes
-        Top DE genes per condition (default: ``data.uns['perturbation']['top_de_genes']``).
-    train
-        Training conditions. Systema's reference for ``pearson_delta_pert`` is the mean of their non-control
-        pseudobulks (the average of the training perturbation centroids). Default: ``obs['split'] == 'train'`` when
-        that column exists, else every non-control row that is not scored (all non-control rows if none is left).
-    n_top_expressed
-        Genes used by ``pearson_delta_top1000`` and ``l2_top1000`` (the most expressed in control).
-
-    Returns
-    -------
-    A tidy DataFrame with columns ``condition``, ``metric``, ``value`` (a new object; ``data`` is not modified).
-    ``centroid_accuracy`` compares each prediction with the observed centroids of all non-control rows of ``data``
-    (scored and training conditions alike, as Systema does).
-    """
-    import pandas as pd
-
-    metrics = list(PERTURBATION_METRICS if metrics is None else metrics)
-    unknown = sorted(set(metrics) - set(PERTURBATION_METRICS))
-    if unknown:
-        msg = f"Unknown metrics {unknown}; choose from {list(PERTURBATION_METRICS)}."
-        raise ValueError(msg)
-    info = data.uns.get("perturbation")
-    if info is None or "control_mean" not in data.var:
-        msg = "`data` is not a perturbation pseudobulk; build it with `scfmkit.pp.pseudobulk_perturbations` first."
-        raise ValueError(msg)
-    var_names = data.var_names
-    if isinstance(predictions, str):
-        if predictions not in data.layers:
-            msg = f"Layer {predictions!r} not found; available layers: {list(data.layers)}."
-            raise KeyError(msg)
-        layer = np.asarray(data.layers[predictions], dtype=np.float64)
-        frame = pd.DataFrame(layer, index=data.obs_names, columns=var_names)
-        if conditions is None:
-            conditions = list(frame.index[~np.isnan(layer).any(1)])
-        pred_mat = frame.loc[list(conditions)].to_numpy()
-    elif isinstance(predictions, pd.DataFrame):
-        missing_genes = var_names.difference(predictions.columns)
-        if len(missing_genes):
-            msg = f"`predictions` lacks {len(missing_genes)} genes of `data` (e.g. {list(missing_genes[:5])})."
-            raise ValueError(msg)
-        if conditions is None:
-            conditions = list(predictions.index)
-        pred_mat = predictions.loc[list(conditions), list(var_names)].to_numpy(dtype=np.float64)
-    else:
-        if conditions is None:
-            msg = "Pass `conditions=` (the row names) together with an array of predictions."
-            raise ValueError(msg)
-        pred_mat = np.asarray(predictions, dtype=np.float64)
-        if pred_mat.shape != (len(conditions), data.n_vars):
-            msg = f"`predictions` must be {len(conditions)} x {data.n_vars}, got {pred_mat.shape}."
-            raise ValueError(msg)
-    conditions = [str(c) for c in conditions]
-    missing = [c for c in conditions if c not in data.obs_names]
-    if missing:
-        msg = f"Conditions {missing[:5]} are not rows of `data`; only observed conditions can be scored."
-        raise KeyError(msg)
-    true_mat = _dense(data[conditions].X)
-    ctrl = data.var["control_mean"].to_numpy(dtype=np.float64)
-    is_ctrl = data.obs["is_control"].to_numpy(bool)
-    names = data.obs_names.astype(str)
-    if train is None:
-        if "split" in data.obs:
-            train = list(names[data.obs["split"].astype(str).to_numpy() == "train"])
-        else:
-            train = [n for n in names if n not in set(conditions)]
-    ref_rows = np.isin(names, [str(t) for t in train]) & ~is_ctrl
-    if not ref_rows.any():  # nothing held apart: the centroid of all perturbations
-        ref_rows = ~is_ctrl
-    pert_centroid = _dense(data[ref_rows].X).mean(0)
-    other_rows = ~is_ctrl & ~np.isin(names, conditions)
-    others = _dense(data[other_rows].X) if other_rows.any() else None
-    top_expr = top_expressed_genes(ctrl, n_top_expressed)
-    if de_genes is None:
-        de_genes = info.get("top_de_genes", {})
-    gene_pos = pd.Index(var_names)
-
-    rows = []
-    acc = centroid_accuracy(pred_mat, true_mat, others=others) if "centroid_accuracy" in metrics else None
-    for i, cond in enumerate(conditions):
-        p, t = pred_mat[i], true_mat[i]
-        de = de_genes.get(cond)
-        de_idx = None if de is None else gene_pos.get_indexer(list(de))
-        if de_idx is not None:
-            de_idx = de_idx[de_idx >= 0]
-        values: dict[str, float] = {}
-        for m in metrics:
-            if m.endswith("_de") and (de_idx is None or de_idx.size == 0):
-                values[m] = float("nan")
-                continue
-            if m == "pearson_delta_top1000":
-                values[m] = pearson_delta(p, t, ctrl, genes=top_expr)
-            elif m == "l2_top1000":
-                values[m] = l2_distance(p, t, genes=top_expr)
-            elif m == "pearson":
-                values[m] = pearson(p, t)
-            elif m == "pearson_delta":
-                values[m] = pearson_delta(p, t, ctrl)
-            elif m == "mse":
-                values[m] = mse(p, t)
-            elif m == "pearson_de":
-                values[m] = pearson(p, t, genes=de_idx)
-            elif m == "pearson_delta_de":
-                values[m] = pearson_delta(p, t, ctrl, genes=de_idx)
-            elif m == "mse_de":
-                values[m] = mse(p, t, genes=de_idx)
-            elif m == "direction_de":
-                values[m] = direction_agreement(p, t, ctrl, genes=de_idx)
-            elif m == "centroid_accuracy":
-                values[m] = float(acc[i])
-            elif m == "pearson_delta_pert":
-                values[m] = pearson_delta(p, t, pert_centroid)
-            elif m == "spearman_lfc":
-                values[m] = spearman_delta(p, t, ctrl)
-            elif m == "spearman_lfc_de":
-                values[m] = spearman_delta(p, t, ctrl, genes=de_idx)
-        rows.extend({"condition": cond, "metric": m, "value": v} for m, v in values.items())
-    return pd.DataFrame(rows, columns=["condition", "metric", "value"])
-
-
-def _dense(x) -> np.ndarray:
-    if hasattr(x, "toarray"):
-        x = x.toarray()
-    return np.asarray(x, dtype=np.float64)

@@ -23,12 +23,23 @@ def perturbation_metrics(
     metrics: Sequence[str] | None = None,
     methods: Sequence[str] | None = None,
     kind: str = "box",
+    summary: pd.DataFrame | bool | None = None,
+    baselines: Sequence[str] = ("control", "mean", "cell_mean"),
+    ceiling: str = "replicate",
     ncols: int = 4,
     panel_size: tuple[float, float] = (3.2, 2.8),
     show: bool | None = None,
     return_fig: bool = False,
 ) -> Figure | None:
-    """One panel per metric: the per-condition values of every method as box (+ points) or strip plots.
+    """One panel per metric: per-condition values of every method, with floor, ceiling, intervals and tests.
+
+    Each panel shows the values of every method as box (+ points) or strip plots and, from the summary of
+    :func:`scfmkit.metrics.summarize_benchmark` (seed ``"all"`` when there are several seeds): each method's mean with
+    its bootstrap interval (black bar), the best baseline's mean (the floor, grey dotted line), the ``ceiling`` row's
+    mean and interval (the split-half replicate, green dashed line and band), and above every other method ``*`` when
+    it differs significantly from the best baseline (Wilcoxon over conditions) or ``n.s.`` when it does not. The
+    title carries the metric's direction (from the metric table) and says when the metric cannot discriminate on the
+    data (its ceiling is not significantly better than its floor).
 
     Parameters
     ----------
@@ -41,6 +52,11 @@ def perturbation_metrics(
         Methods and their order (default: table order).
     kind
         ``"box"`` (box plot with the points over it) or ``"strip"`` (points and the mean as a bar).
+    summary
+        A table from :func:`scfmkit.metrics.summarize_benchmark`; ``None`` computes it here (its defaults, bootstrap
+        seed 0) when ``data`` has the columns ``seed`` and ``condition``; ``False`` draws the values only.
+    baselines, ceiling
+        Method names of the floors and of the replicate (as in :func:`scfmkit.metrics.summarize_benchmark`).
     ncols
         Panels per row.
     panel_size
@@ -55,6 +71,10 @@ def perturbation_metrics(
     The figure if ``return_fig``, else ``None``.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.transforms import blended_transform_factory
+
+    from scfmkit.metrics._summary import summarize_benchmark
+    from scfmkit.metrics._table import PERTURBATION_METRIC_TABLE
 
     need = {"method", "metric", "value"}
     if not need <= set(data.columns):
@@ -68,6 +88,16 @@ def perturbation_metrics(
     if not metrics or not methods:
         msg = "Nothing to plot: `data` has no metrics or methods."
         raise ValueError(msg)
+    if summary is None and {"seed", "condition"} <= set(data.columns):
+        shown = data[data["metric"].isin(metrics)]
+        shown.attrs = dict(data.attrs)
+        summary = summarize_benchmark(shown, baselines=baselines, ceiling=ceiling, rng=0)
+    elif summary is None or summary is False:
+        summary = None
+    if summary is not None:
+        seeds = list(pd.unique(summary["seed"]))
+        pick = "all" if "all" in seeds else seeds[0]
+        summary = summary[summary["seed"] == pick].set_index(["metric", "method"])
     ncols = max(1, min(ncols, len(metrics)))
     nrows = int(np.ceil(len(metrics) / ncols))
     fig, axes = plt.subplots(
@@ -92,11 +122,56 @@ def perturbation_metrics(
             ax.scatter(x, v, s=9, alpha=0.6, color=colors[i % len(colors)], linewidths=0)
             if kind == "strip" and v.size:
                 ax.hlines(v.mean(), pos[i] - 0.3, pos[i] + 0.3, color="black")
+        spec = PERTURBATION_METRIC_TABLE.get(metric)
+        title = metric if spec is None else f"{metric} ({'higher' if spec.higher_is_better else 'lower'} is better)"
+        if summary is not None:
+            title = _draw_summary(ax, summary, metric, methods, pos, ceiling, title, blended_transform_factory)
         ax.set_xticks(pos, methods, rotation=45, ha="right")
-        ax.set_title(metric, fontsize=10)
+        ax.set_title(title, fontsize=9)
     for ax in axes.ravel()[len(metrics) :]:
         ax.set_visible(False)
     return finish(fig, show, return_fig)
+
+
+def _draw_summary(ax, summary, metric, methods, pos, ceiling, title, blended):
+    rows = {m: summary.loc[(metric, m)] for m in methods if (metric, m) in summary.index}
+    if not rows:
+        return title
+    trans = blended(ax.transData, ax.transAxes)
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo, hi + 0.15 * (hi - lo))  # room for the test marks above the data
+    for i, m in enumerate(methods):
+        r = rows.get(m)
+        if r is None or not np.isfinite(r["mean"]):
+            continue
+        lo, hi = r["ci_low"], r["ci_high"]
+        err = None if not (np.isfinite(lo) and np.isfinite(hi)) else [[r["mean"] - lo], [hi - r["mean"]]]
+        ax.errorbar(pos[i] + 0.36, r["mean"], yerr=err, fmt="D", ms=3, color="black", capsize=2, lw=1)
+        best = r["baseline"]
+        if m != best and m != ceiling and isinstance(best, str) and np.isfinite(r["p_value"]):
+            ax.text(
+                pos[i],
+                0.99,
+                "*" if bool(r["significant"]) else "n.s.",
+                transform=trans,
+                ha="center",
+                va="top",
+                fontsize=7,
+            )
+    any_row = next(iter(rows.values()))
+    best = any_row["baseline"]
+    if isinstance(best, str) and best in rows:
+        ax.axhline(rows[best]["mean"], color="grey", ls=":", lw=1, label=f"floor ({best})")
+    if ceiling in rows and np.isfinite(rows[ceiling]["mean"]):
+        r = rows[ceiling]
+        ax.axhline(r["mean"], color="tab:green", ls="--", lw=1, label="ceiling (replicate)")
+        if np.isfinite(r["ci_low"]) and np.isfinite(r["ci_high"]):
+            ax.axhspan(r["ci_low"], r["ci_high"], color="tab:green", alpha=0.08, lw=0)
+    disc = any_row["discriminates"]
+    if disc is not pd.NA and disc is not None and not bool(disc):
+        note = str(any_row["note"])
+        title += "\ntoo few conditions to test" if note.startswith("too few") else "\ncannot discriminate here"
+    return title
 
 
 def perturbation_scatter(

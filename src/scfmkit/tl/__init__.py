@@ -1,5 +1,7 @@
 """Tools: embeddings, baselines, perturbation prediction, reference mapping (AnnData/MuData wrappers)."""
 
+from scfmkit.metrics._summary import summarize_benchmark  # the statistics of a benchmark table
+
 from ._baselines import baselines
 from ._embed import embed, embed_genes
 from ._mapping import map_to_reference

@@ -6,12 +6,13 @@ Predictors are looked up by name in a registry (:func:`available_predictors`, :f
 Geneformer's in-silico perturbation predicts *embedding* shifts, not expression: :func:`geneformer_perturb`.
 """
 
-from . import _linear, _simple  # register the built-in predictors
+from . import _cellmean, _linear, _simple  # register the built-in predictors
 from ._api import fit_predictor, predict_perturbation
 from ._benchmark import benchmark_perturbation
 from ._isp import geneformer_perturb
 from ._linear import LinearPredictor
 from ._predictor import PerturbationPredictor, available_predictors, register_predictor
+from ._replicate import score_replicate
 
 __all__ = [
     "LinearPredictor",
@@ -22,4 +23,5 @@ __all__ = [
     "geneformer_perturb",
     "predict_perturbation",
     "register_predictor",
+    "score_replicate",
 ]

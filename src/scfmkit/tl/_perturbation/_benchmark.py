@@ -34,12 +34,13 @@ def _method_specs(methods) -> dict[str, tuple[str, dict[str, Any]]]:
 def benchmark_perturbation(
     adata: AnnData | MuData,
     *,
-    methods: Sequence[str] | Mapping[str, Mapping[str, Any]] = ("control", "mean", "additive", "linear"),
+    methods: Sequence[str] | Mapping[str, Mapping[str, Any]] = ("control", "mean", "cell_mean", "additive", "linear"),
     split: str = "random",
     seeds: Iterable[int] = range(5),
     evaluate: Sequence[str] = ("test",),
     split_options: Mapping[str, Any] | None = None,
     metrics: Sequence[str] | None = None,
+    replicate: bool = True,
     perturbation_key: str = "condition",
     control: str = "control",
     mod: str | None = "rna",
@@ -51,6 +52,14 @@ def benchmark_perturbation(
     :func:`scfmkit.metrics.perturbation_metrics` on the ``evaluate`` conditions. Conditions that some method cannot
     predict (e.g. ``additive`` without both singles) are dropped for ALL methods of that seed, with a log line, so
     every method is scored on the same conditions.
+
+    When ``adata`` holds cells, the metrics that test cells (cell-eval's DE overlap) are scored too (negative predicted
+    values are set to 0 for them only, as a log1p value cannot be negative; the count is logged), and a
+    ``replicate`` row is added: each scored condition's cells and the control cells are split into two halves
+    (seeded from the seed; :func:`scfmkit.metrics.split_halves`) and half B is scored as the prediction of half A,
+    each half with its own control cells. It is the technical ceiling (``control``, ``mean`` and ``cell_mean`` are
+    the floors); :func:`scfmkit.metrics.summarize_benchmark` (also ``fm.tl.summarize_benchmark``) adds intervals,
+    paired tests and normalised scores.
 
     Parameters
     ----------
@@ -69,7 +78,10 @@ def benchmark_perturbation(
     split_options
         More options of :func:`scfmkit.pp.split_perturbations` (e.g. ``test_fraction``, ``unmeasured``).
     metrics
-        Subset of :data:`scfmkit.metrics.PERTURBATION_METRICS`.
+        Subset of :data:`scfmkit.metrics.PERTURBATION_METRICS` (default: all; those that test cells only when
+        ``adata`` holds cells).
+    replicate
+        Add the ``replicate`` row (needs cells).
     perturbation_key, control
         Used when ``adata`` holds cells.
     mod
@@ -78,20 +90,30 @@ def benchmark_perturbation(
     Returns
     -------
     A new DataFrame with columns ``method``, ``seed``, ``condition``, ``metric``, ``value``; its ``attrs`` hold
-    ``fit_seconds`` (method -> list of fit+predict times) and ``dropped`` (seed -> conditions left out).
+    ``fit_seconds`` (method -> list of fit+predict times), ``dropped`` (seed -> conditions left out) and, with cells,
+    ``n_true_de`` (seed -> condition -> number of cell-eval DE genes).
     """
-    from scfmkit.metrics._perturbation import perturbation_metrics
+    from scfmkit.metrics._perturbation_scoring import cell_set, perturbation_metrics
     from scfmkit.pp._perturbation import pseudobulk_perturbations, split_perturbations
 
+    from ._replicate import score_replicate
+
     target = get_modality(adata, mod)
+    cells = None
     if isinstance(target.uns.get("perturbation"), dict) and "is_control" in target.obs:
         pdata = target.copy()
+        if replicate:
+            logger.info("`adata` is a pseudobulk: no replicate row and no DE metrics (they need the cells).")
     else:
         pdata = pseudobulk_perturbations(target, perturbation_key=perturbation_key, control=control, mod=None)
+        cells = cell_set(target, pdata, mod=None)
     specs = _method_specs(methods)
     for name, opts in specs.values():
         _make(name, opts)  # validate names/options before the loop
-    frames, times, dropped = [], {m: [] for m in specs}, {}
+    if replicate and cells is not None and "replicate" in specs:
+        msg = "A method is labelled 'replicate', the name of the ceiling row; rename it or pass `replicate=False`."
+        raise ValueError(msg)
+    frames, times, dropped, n_true_de = [], {m: [] for m in specs}, {}, {}
     seeds = list(seeds)
     for seed in progress(seeds, desc="benchmark seeds", unit="seed"):
         split_perturbations(pdata, method=split, rng=int(seed), key_added="split", **dict(split_options or {}))
@@ -115,13 +137,21 @@ def benchmark_perturbation(
             t0 = time.perf_counter()
             frame = pred.predict(ok)
             times[label][-1] += time.perf_counter() - t0
-            scores = perturbation_metrics(pdata, frame, metrics=metrics, train=train)
+            scores = perturbation_metrics(pdata, frame, metrics=metrics, train=train, cells=cells, clip_negative=True)
+            if scores.attrs.get("n_true_de"):
+                n_true_de[int(seed)] = scores.attrs["n_true_de"]
             scores.insert(0, "seed", int(seed))
             scores.insert(0, "method", label)
+            frames.append(scores)
+        if replicate and cells is not None:
+            scores = score_replicate(pdata, cells, ok, seed=int(seed), train=train, metrics=metrics)
+            scores.insert(0, "seed", int(seed))
+            scores.insert(0, "method", "replicate")
             frames.append(scores)
     cols = ["method", "seed", "condition", "metric", "value"]
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
     out = out[cols]
     out.attrs["fit_seconds"] = times
     out.attrs["dropped"] = dropped
+    out.attrs["n_true_de"] = n_true_de
     return out
