@@ -49,3 +49,23 @@ def test_import_does_not_load_torch():
 
 def test_top_level_only_reexports():
     assert {"pp", "tl", "pl", "metrics", "models", "datasets", "settings"} <= set(fm.__all__)
+
+
+def test_imports_run_downward():
+    """metrics never import tl; models never import the package root or the wrappers (array kernels first)."""
+    import ast
+    from pathlib import Path
+
+    src = Path(fm.__file__).parent
+    rules = {"metrics": ("scfmkit.tl", "..tl"), "models": ("scfmkit.tl", "scfmkit.pp", "scfmkit.pl", "..tl", "..pp")}
+    bad = []
+    for folder, forbidden in rules.items():
+        for path in (src / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom):
+                    name = ("." * node.level) + (node.module or "")
+                    if any(name == f or name.startswith(f + ".") for f in forbidden):
+                        bad.append(f"{path.relative_to(src)}: from {name} import ...")
+                    if folder == "models" and node.level == 2 and node.module is None:
+                        bad.append(f"{path.relative_to(src)}: from .. import {[a.name for a in node.names]}")
+    assert not bad, bad

@@ -180,7 +180,7 @@ def integration(
         Cells per block in scib-metrics' silhouette distance computations (memory bound).
     neighbors
         ``"pynndescent"`` (Benchmarker's default, approximate), ``"exact"`` (chunked brute-force Euclidean kNN,
-        ``scfmkit.tl._mapping.knn_search``; no numba compilation, good below ~20,000 cells) or a callable
+        ``scfmkit._knn.knn_search``; no numba compilation, good below ~20,000 cells) or a callable
         ``(X, k) -> scib_metrics.nearest_neighbors.NeighborsResults``.
     n_boot
         Number of resamples for intervals (0: none). Each resample scores a random ``boot_frac`` of cells drawn
