@@ -8,6 +8,7 @@ from ._mapping import map_to_reference
 from ._multimodal import joint_embedding, modality_embedding
 from ._perturbation import (
     PerturbationPredictor,
+    ScGPTPredictor,
     available_predictors,
     benchmark_perturbation,
     fit_predictor,

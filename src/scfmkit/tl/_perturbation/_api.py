@@ -25,6 +25,7 @@ def fit_predictor(
     *,
     train: Sequence[str] | None = None,
     split_key: str = "split",
+    cells: AnnData | None = None,
     **options: Any,
 ) -> PerturbationPredictor:
     """Fit a perturbation predictor and return it (its ``.predict(names)`` takes any condition labels).
@@ -39,18 +40,20 @@ def fit_predictor(
         Training conditions (default: ``obs[split_key] == "train"``). Control is always included.
     split_key
         ``obs`` column of the split.
+    cells
+        The cell-level AnnData the pseudobulk was built from, for predictors that train on cells (``scgpt``).
     **options
         Options of the predictor (e.g. ``n_components``, ``ridge``, ``gene_embedding`` for ``linear``).
 
     Returns
     -------
-    The fitted predictor (a new object; ``adata`` is not modified).
+    The fitted predictor (a new object; ``adata`` and ``cells`` are not modified).
     """
     from scfmkit.pp._perturbation import _check_pseudobulk
 
     _check_pseudobulk(adata)
     predictor = _make(method, options)
-    return predictor.fit(adata, _train_names(adata, split_key, train))
+    return predictor.fit(adata, _train_names(adata, split_key, train), cells=cells)
 
 
 def predict_perturbation(
@@ -60,6 +63,7 @@ def predict_perturbation(
     conditions: Sequence[str] | None = None,
     train: Sequence[str] | None = None,
     split_key: str = "split",
+    cells: AnnData | None = None,
     mod: str | None = "rna",
     key_added: str | None = None,
     copy: bool = False,
@@ -84,6 +88,8 @@ def predict_perturbation(
         Training conditions (default: ``obs[split_key] == "train"``).
     split_key
         ``obs`` column written by :func:`scfmkit.pp.split_perturbations`.
+    cells
+        The cell-level AnnData of the pseudobulk, for predictors that train on cells (``scgpt``).
     mod
         Modality of a MuData.
     key_added
@@ -99,7 +105,7 @@ def predict_perturbation(
     conditions not predicted) and ``uns['<key_added>']['params']`` (method, options, train and predicted conditions).
     """
     target = get_modality(adata, mod)
-    predictor = fit_predictor(target, method, train=train, split_key=split_key, **options)
+    predictor = fit_predictor(target, method, train=train, split_key=split_key, cells=cells, **options)
     train_set = set(predictor.train_names)
     names = list(target.obs_names.astype(str))
     if conditions is None:

@@ -65,7 +65,8 @@ def benchmark_perturbation(
     ----------
     adata
         Cells x genes (pseudobulked here with ``perturbation_key``/``control``) or a pseudobulk from
-        :func:`scfmkit.pp.pseudobulk_perturbations`. Not modified.
+        :func:`scfmkit.pp.pseudobulk_perturbations`. Not modified. Methods that train on cells (``needs_cells``,
+        e.g. ``"scgpt"``) are fitted on these cells and need cells here.
     methods
         Predictor names, or ``{label: {"method": name, **options}}`` to compare variants
         (e.g. ``{"linear_fm": {"method": "linear", "gene_embedding": "geneformer_token"}}``).
@@ -99,7 +100,7 @@ def benchmark_perturbation(
     from ._replicate import score_replicate
 
     target = get_modality(adata, mod)
-    cells = None
+    cells = cell_data = None
     if isinstance(target.uns.get("perturbation"), dict) and "is_control" in target.obs:
         pdata = target.copy()
         if replicate:
@@ -107,9 +108,15 @@ def benchmark_perturbation(
     else:
         pdata = pseudobulk_perturbations(target, perturbation_key=perturbation_key, control=control, mod=None)
         cells = cell_set(target, pdata, mod=None)
+        cell_data = target  # the cell-level AnnData, for predictors that train on cells
     specs = _method_specs(methods)
-    for name, opts in specs.values():
-        _make(name, opts)  # validate names/options before the loop
+    need_cells = [label for label, (name, opts) in specs.items() if _make(name, opts).needs_cells]  # validates too
+    if need_cells and cell_data is None:
+        msg = (
+            f"Method(s) {need_cells} train on single cells; pass the cell-level AnnData (not a pseudobulk) to "
+            "`benchmark_perturbation`."
+        )
+        raise ValueError(msg)
     if replicate and cells is not None and "replicate" in specs:
         msg = "A method is labelled 'replicate', the name of the ceiling row; rename it or pass `replicate=False`."
         raise ValueError(msg)
@@ -123,7 +130,8 @@ def benchmark_perturbation(
         fitted = {}
         for label, (name, opts) in specs.items():
             t0 = time.perf_counter()
-            fitted[label] = _make(name, opts).fit(pdata, train)
+            predictor = _make(name, opts)
+            fitted[label] = predictor.fit(pdata, train, cells=cell_data if predictor.needs_cells else None)
             times[label].append(time.perf_counter() - t0)
         ok = [c for c in test if all(p.why_not(c) is None for p in fitted.values())]
         left = sorted(set(test) - set(ok))

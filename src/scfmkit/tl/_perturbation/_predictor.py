@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -18,17 +18,23 @@ class PerturbationPredictor:
     """Base class: fit on training pseudobulks, predict mean expression of named conditions.
 
     Subclasses implement :meth:`_fit` and :meth:`_predict_one` (or :meth:`_predict`) and may refuse conditions in
-    :meth:`why_not` (a reason string, or ``None`` when the condition can be predicted).
+    :meth:`why_not` (a reason string, or ``None`` when the condition can be predicted). A predictor that trains on
+    single cells (e.g. ``scgpt``) sets ``needs_cells = True`` and implements :meth:`_fit_cells`; its :meth:`fit`
+    then requires ``cells=`` (the cell-level AnnData the pseudobulk was built from).
     """
 
     name = "base"
+    #: whether :meth:`fit` needs the cells (``cells=``) besides the pseudobulk
+    needs_cells: ClassVar[bool] = False
 
     def __init__(self, **options: Any) -> None:
         self.options = options
         self.fitted = False
 
     # ---- fitting -------------------------------------------------------------------------------------------
-    def fit(self, pdata: AnnData, train: Sequence[str] | None = None) -> PerturbationPredictor:
+    def fit(
+        self, pdata: AnnData, train: Sequence[str] | None = None, *, cells: AnnData | None = None
+    ) -> PerturbationPredictor:
         """Fit on the conditions ``train`` of the pseudobulk ``pdata`` (default: all rows; control is always added).
 
         Parameters
@@ -37,6 +43,9 @@ class PerturbationPredictor:
             Pseudobulk from :func:`scfmkit.pp.pseudobulk_perturbations`.
         train
             Training condition names.
+        cells
+            The cell-level AnnData ``pdata`` was built from; required when ``needs_cells`` (ignored otherwise).
+            Not modified.
 
         Returns
         -------
@@ -45,6 +54,12 @@ class PerturbationPredictor:
         from scfmkit.pp._perturbation import _check_pseudobulk
 
         info = _check_pseudobulk(pdata)
+        if self.needs_cells and cells is None:
+            msg = (
+                f"The {self.name!r} predictor trains on single cells: pass `cells=` (the cell-level AnnData the "
+                "pseudobulk was built from; `benchmark_perturbation` does so when given cells)."
+            )
+            raise ValueError(msg)
         self.control = str(info["control"])
         self.sep = str(info["sep"])
         self.var_names = pd.Index(pdata.var_names.astype(str))
@@ -64,12 +79,18 @@ class PerturbationPredictor:
         self.train_delta = self.train_X - self.ctrl
         self.train_genes = [self.genes_of(n) for n in train]
         self.train_is_ctrl = np.array([len(g) == 0 for g in self.train_genes])
-        self._fit(pdata)
+        if self.needs_cells:
+            self._fit_cells(pdata, cells)
+        else:
+            self._fit(pdata)
         self.fitted = True
         return self
 
     def _fit(self, pdata: AnnData) -> None:
         pass
+
+    def _fit_cells(self, pdata: AnnData, cells: AnnData) -> None:
+        raise NotImplementedError
 
     def genes_of(self, condition: str) -> tuple[str, ...]:
         """Perturbed genes of a condition label."""
