@@ -59,12 +59,25 @@ class LinearPredictor(PerturbationPredictor):
         embeddings). Genes without an embedding (NaN rows) are left out of the fit and predicted as control plus their
         mean training change.
     perturbation_embedding
-        ``"genes"`` (default, the reference): ``p`` of a condition is the row of the gene embedding of its perturbed
-        gene (zero for control). Combinations SUM their genes' rows (our choice; the reference predicts singles
-        only). Conditions whose gene has no row (not measured, with ``gene_embedding="pca"``) are left out of the
-        fit and refused at prediction. ``"training"``: ``p`` of a single is the score of its training condition in
-        the same PCA (right singular vector times singular value), combos sum them; for data whose perturbed genes
-        are not measured (CRISPRa Norman subset). Needs ``gene_embedding="pca"`` and each gene's single in training.
+        Where ``p`` (the perturbation's vector) comes from:
+
+        - ``"genes"`` (default): ``p`` of a condition is the row of the *gene embedding* ``G`` of its perturbed gene
+          (zero for control). With ``gene_embedding="pca"`` this is the reference model of Ahlmann-Eltze et al.
+          (``run_linear_pretrained_model.R`` with ``--gene_embedding training_data --pert_embedding training_data``:
+          both matrices are the training PCA's gene scores). With a *pretrained* gene embedding, P then comes from
+          the pretrained rows as well: our variant, NOT what the paper ran.
+        - ``"pca_genes"``: the paper's runs with pretrained gene embeddings (``--gene_embedding <file>
+          --pert_embedding training_data``): ``G`` is the pretrained embedding, but ``p`` is the perturbed gene's row
+          of the training-data PCA gene scores (the same PCA as ``gene_embedding="pca"``, ``n_components``
+          components), so only measured perturbed genes can be predicted. Identical to ``"genes"`` when
+          ``gene_embedding="pca"``.
+        - ``"training"``: ``p`` of a single is the score of its training condition in the same PCA (right singular
+          vector times singular value), combos sum them; for data whose perturbed genes are not measured (CRISPRa
+          Norman subset). Needs ``gene_embedding="pca"`` and each gene's single in training.
+
+        Combinations SUM their genes' rows (our choice; the reference predicts singles only). Conditions without a
+        ``p`` (e.g. a perturbed gene that is not measured, for ``"genes"`` with the PCA or ``"pca_genes"``) are left
+        out of the fit and refused at prediction.
     n_components
         PCA components (default 10; clipped to what the training matrix supports).
     ridge
@@ -87,8 +100,10 @@ class LinearPredictor(PerturbationPredictor):
             n_components=n_components,
             ridge=ridge,
         )
-        if perturbation_embedding not in {"genes", "training"}:
-            msg = f"`perturbation_embedding` must be 'genes' or 'training', got {perturbation_embedding!r}."
+        if perturbation_embedding not in {"genes", "pca_genes", "training"}:
+            msg = (
+                f"`perturbation_embedding` must be 'genes', 'pca_genes' or 'training', got {perturbation_embedding!r}."
+            )
             raise ValueError(msg)
         if perturbation_embedding == "training" and not (isinstance(gene_embedding, str) and gene_embedding == "pca"):
             msg = "`perturbation_embedding='training'` needs `gene_embedding='pca'` (PCA scores of the conditions)."
@@ -133,20 +148,11 @@ class LinearPredictor(PerturbationPredictor):
         ridge = float(opts["ridge"])
         emb = opts["gene_embedding"]
         self.model_ = None
+        mode = opts["perturbation_embedding"]
+        if (isinstance(emb, str) and emb == "pca") or mode in {"pca_genes", "training"}:
+            pca_genes, self.cond_scores = self._training_pca(int(opts["n_components"]))
         if isinstance(emb, str) and emb == "pca":
-            Xt = self.train_X.T  # genes x conditions
-            Xc = Xt - Xt.mean(0, keepdims=True)  # centre each condition (prcomp on genes x conditions)
-            k_max = min(Xc.shape[0] - 1, Xc.shape[1])
-            k = min(int(opts["n_components"]), k_max)
-            if k < int(opts["n_components"]):
-                logger.warning("linear: only %d PCA components possible (asked %d).", k, opts["n_components"])
-            if k < 1:
-                msg = "Too few training conditions/genes for the PCA of the linear model."
-                raise ValueError(msg)
-            U, S, Vt = _small_svd(Xc)
-            G = U[:, :k] * S[:k]
-            self.gene_table = pd.DataFrame(G, index=self.var_names)
-            self.cond_scores = pd.DataFrame(Vt[:k].T * S[:k], index=self.train_names)
+            self.gene_table = pca_genes
         else:
             self.gene_table = self._gene_table(pdata)
         table = self.gene_table
@@ -160,12 +166,16 @@ class LinearPredictor(PerturbationPredictor):
             raise ValueError(msg)
         self.gene_ok = gene_ok
         self.G = G_full[gene_ok]
-        if opts["perturbation_embedding"] == "genes":
+        if mode == "genes":
             values = self.gene_table.to_numpy(dtype=np.float64)
             keys = [str(g) for g in self.gene_table.index]
+        elif mode == "pca_genes":  # the paper's pert_embedding = training_data: PCA gene scores of the perturbed gene
+            values = pca_genes.to_numpy(dtype=np.float64)
+            keys = [str(g) for g in pca_genes.index]
         else:  # a single's vector is the PCA score of its training condition
             values = self.cond_scores.to_numpy(dtype=np.float64)
             keys = [g[0] if len(g) == 1 else None for g in self.train_genes]
+        self._p_dim = values.shape[1]
         self._lookup = {k: values[i] for i, k in enumerate(keys) if k is not None and np.isfinite(values[i]).all()}
         rows, keep = [], []
         for i, name in enumerate(self.train_names):
@@ -191,11 +201,28 @@ class LinearPredictor(PerturbationPredictor):
         self.b_all = self.train_delta[keep].mean(0)  # fallback for genes without an embedding
         self.n_components_ = self.G.shape[1]
 
+    def _training_pca(self, n_components: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """ONE PCA of the training pseudobulk (genes x conditions, each condition centred, as R's ``prcomp``).
+
+        Returns the gene scores (genes x k, ``U S``) and the condition scores (conditions x k, ``V S``).
+        """
+        Xt = self.train_X.T  # genes x conditions
+        Xc = Xt - Xt.mean(0, keepdims=True)  # centre each condition (prcomp on genes x conditions)
+        k_max = min(Xc.shape[0] - 1, Xc.shape[1])
+        k = min(n_components, k_max)
+        if k < n_components:
+            logger.warning("linear: only %d PCA components possible (asked %d).", k, n_components)
+        if k < 1:
+            msg = "Too few training conditions/genes for the PCA of the linear model."
+            raise ValueError(msg)
+        U, S, Vt = _small_svd(Xc)
+        genes = pd.DataFrame(U[:, :k] * S[:k], index=self.var_names)
+        return genes, pd.DataFrame(Vt[:k].T * S[:k], index=self.train_names)
+
     def _p(self, condition: str) -> np.ndarray | None:
         genes = self.genes_of(condition)
-        k = self.gene_table.shape[1]
         if not genes:
-            return np.zeros(k)
+            return np.zeros(self._p_dim)
         vecs = [self._lookup.get(g) for g in genes]
         if any(v is None for v in vecs):
             return None
@@ -206,6 +233,8 @@ class LinearPredictor(PerturbationPredictor):
             mode = self.options["perturbation_embedding"]
             if mode == "genes":
                 return f"perturbed gene(s) {list(self.genes_of(condition))} have no gene-embedding row (not measured?)"
+            if mode == "pca_genes":
+                return f"perturbed gene(s) {list(self.genes_of(condition))} are not measured (no training PCA row)"
             return f"no training single perturbation for {list(self.genes_of(condition))}"
         return None
 
