@@ -199,3 +199,33 @@ def test_nan(cells, pdata, shared_dir):
     X[3, 2] = np.nan
     bad.X = X
     _fails(bad, pdata, shared_dir, "NaN")
+
+
+def test_tutorial_generator_checkpoint_predicts_without_training(cells, pdata, shared_dir, tmp_path):
+    """A state dict saved by the reference tutorial (flash ``Wqkv`` naming, ``cls_decoder`` head) with epochs=0."""
+    import torch
+
+    from scfmkit.models._scgpt_generator import load_scgpt_generator, state_dict_in_naming
+    from scfmkit.models.scgpt import write_random_checkpoint
+
+    ck = write_random_checkpoint(
+        tmp_path / "ck", shared_dir / "models" / "scgpt-human", nlayers=2, embsize=16, nhead=2, d_hid=16
+    )
+    gen, *_ = load_scgpt_generator(
+        ck, weights="random", seed=11, overrides={"nlayers": 2, "embsize": 16, "nheads": 2, "d_hid": 16}
+    )
+    state = state_dict_in_naming(gen, "Wqkv")
+    state["cls_decoder.out_layer.weight"] = torch.zeros(1, 16)
+    torch.save(state, tmp_path / "tutorial_best_model.pt")
+    p = ScGPTPredictor(model=ck, weights_file=tmp_path / "tutorial_best_model.pt", epochs=0, n_pool=6, rng=0)
+    p.fit(pdata, _train(pdata), cells=cells)
+    assert p.load_report["kind"] == "generator" and p.load_report["n_new"] == 0
+    assert p.train_log["loss"] == []
+    # the prediction is the reference forward (no training) averaged over the pool
+    from scfmkit.tl._perturbation._scgpt_train import make_batch
+
+    tok, _ = p._tokens_of("KLF1+MAP2K6")
+    t, v, f, lens, _, _ = make_batch(p.pool, [tok] * p.pool.shape[0], p.gene_tokens, pad_id=p.pad_id, pert_pad_id=0)
+    with torch.no_grad():
+        direct = gen.eval()(t, v, f, lens)[:, : pdata.n_vars].double().mean(0).numpy()
+    np.testing.assert_allclose(p.predict(["KLF1+MAP2K6"]).to_numpy()[0], direct, rtol=1e-6, atol=1e-7)
