@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
 from scfmkit._random import as_generator
 from scfmkit._utils import logger
@@ -146,60 +145,11 @@ class ScGPTPredictor(PerturbationPredictor):
 
     # ---------------------------------------------------------------------------------------------- cells
     def _cell_values(self, pdata: AnnData, cells: AnnData) -> tuple[np.ndarray, np.ndarray]:
-        """The cells' values on the pseudobulk's genes, transformed as the pseudobulk was; and their labels."""
-        from scfmkit._utils import get_matrix
+        from ._cells import cell_values
 
-        params = dict(pdata.uns["perturbation"].get("params", {}))
-        key = params.get("perturbation_key", "condition")
-        if key not in cells.obs:
-            msg = (
-                f"The cells lack obs[{key!r}], the perturbation column the pseudobulk was built from; pass the "
-                "cell-level AnnData given to `scfmkit.pp.pseudobulk_perturbations`."
-            )
-            raise KeyError(msg)
-        missing = self.var_names.difference(pd.Index(cells.var_names.astype(str)))
-        if len(missing):
-            msg = f"{len(missing)} genes of the pseudobulk are not in the cells' var_names (e.g. {list(missing[:5])})."
-            raise ValueError(msg)
-        cols = pd.Index(cells.var_names.astype(str)).get_indexer(self.var_names)
-        layer = params.get("layer")
-        layer = None if layer in (None, "None", "") else str(layer)  # h5ad-safe params store None as "None"
-        X = get_matrix(cells, layer)
-        X = X[:, cols]
-        X = X.toarray() if sparse.issparse(X) else np.asarray(X)
-        X = np.array(X, dtype=np.float64)  # a copy: the caller's matrix is never touched
-        if not np.isfinite(X).all():
-            msg = "The cells' values contain NaN or infinite entries; clean them (the pseudobulk was built without)."
-            raise ValueError(msg)
-        if (X < 0).any():
-            msg = "The cells' values are negative (scaled?); pass the pseudobulk's counts or log-normalised values."
-            raise ValueError(msg)
-        if params.get("counts"):
-            tot = X.sum(1, keepdims=True)
-            tot[tot == 0] = 1.0
-            X = np.log1p(X / tot * float(params.get("target_sum") or 1e4))
-        labels = cells.obs[key].astype(str).to_numpy()
-        ctrl = labels == self.control
-        if ctrl.sum() < MIN_CONTROL_CELLS:
-            msg = (
-                f"Only {int(ctrl.sum())} control cell(s) labelled {self.control!r}; the scGPT generator needs at least "
-                f"{MIN_CONTROL_CELLS} (inputs of the training pairs and the prediction pool)."
-            )
-            raise ValueError(msg)
-        mean = X[ctrl].mean(0)
-        if not np.allclose(mean, self.ctrl, rtol=1e-4, atol=1e-6):
-            worst = float(np.abs(mean - self.ctrl).max())
-            hint = (
-                "the cells look like raw counts but the pseudobulk holds log-normalised means"
-                if _integers(X) and not params.get("counts")
-                else "the cells are on another scale (counts vs log-normalised, another layer) or are other cells"
-            )
-            msg = (
-                f"The cells' control mean differs from the pseudobulk's control_mean (max abs {worst:.3g}): {hint}. "
-                "Pass the same AnnData (and layer) that `scfmkit.pp.pseudobulk_perturbations` was given."
-            )
-            raise ValueError(msg)
-        return X.astype(np.float32), labels
+        return cell_values(
+            pdata, cells, var_names=self.var_names, ctrl=self.ctrl, control=self.control, min_control=MIN_CONTROL_CELLS
+        )
 
     def _tokens_of(self, condition: str) -> tuple[Any, list[str]]:
         """The condition's :class:`ConditionTokens` and the genes neither measured nor in the vocabulary."""
@@ -480,11 +430,6 @@ class ScGPTPredictor(PerturbationPredictor):
         self.load_report = meta["load_report"]
         self.fitted = True
         return self
-
-
-def _integers(X: np.ndarray) -> bool:
-    sample = X.ravel()[:200_000]
-    return bool(sample.size and np.all(np.mod(sample, 1) == 0) and sample.max() > 1)
 
 
 register_predictor("scgpt", ScGPTPredictor)
