@@ -7,6 +7,8 @@ from ._embed import embed, embed_genes
 from ._mapping import map_to_reference
 from ._multimodal import joint_embedding, modality_embedding
 from ._perturbation import (
+    GeneformerProbePredictor,
+    PCAProbePredictor,
     PerturbationPredictor,
     ScGPTPredictor,
     available_predictors,

@@ -1,0 +1,284 @@
+"""``geneformer_probe`` and ``pca_probe``: a ridge readout from in-silico embedding shifts to expression change.
+
+The probe of a frozen embedding model (as PertEval-scFM probes frozen models): control cells are perturbed in silico,
+the mean shift of their embeddings is the condition's feature vector, and a ridge regression fitted on the training
+conditions maps it to the pseudobulk change. ``pca_probe`` is its control without a foundation model: the same
+perturbation of the control cells' expression, projected onto the PCA of the control cells.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from scfmkit._random import as_generator
+from scfmkit._utils import logger
+
+from ._predictor import PerturbationPredictor, register_predictor
+
+if TYPE_CHECKING:
+    from anndata import AnnData
+
+__all__ = ["GeneformerProbePredictor", "PCAProbePredictor"]
+
+#: perturbation types (obs['perturbation_type']) read as overexpression; everything else is a loss of function
+GAIN = {"crispra", "overexpression", "activation", "orf"}
+
+
+def ridge_readout(S: np.ndarray, D: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Ridge regression ``D ≈ ((S - mu) / sd) W + b`` with an unpenalised intercept; returns ``(W, b, mu, sd)``.
+
+    ``S`` conditions x features (shifts), ``D`` conditions x genes (changes). Features are standardised with the
+    training mean and standard deviation (1 where constant), so ``alpha`` does not depend on the scale of the shifts.
+    """
+    mu = S.mean(0)
+    sd = S.std(0)
+    sd[sd == 0] = 1.0
+    Z = (S - mu) / sd
+    b = D.mean(0)
+    W = np.linalg.solve(Z.T @ Z + alpha * np.eye(Z.shape[1]), Z.T @ (D - b))
+    return W, b, mu, sd
+
+
+class _ProbeBase(PerturbationPredictor):
+    """Shared fit/predict of the probes: subclasses compute a condition's shift vector (:meth:`_shift`)."""
+
+    needs_cells: ClassVar[bool] = True
+
+    def __init__(self, *, mode: str = "auto", n_cells: int = 100, ridge: float = 1.0, rng=0, **options: Any) -> None:
+        super().__init__(mode=mode, n_cells=int(n_cells), ridge=float(ridge), **options)
+        if mode not in {"auto", "delete", "overexpress"}:
+            msg = f"`mode` must be 'auto', 'delete' or 'overexpress', got {mode!r}."
+            raise ValueError(msg)
+        if n_cells < 1 or ridge <= 0:
+            msg = f"Need `n_cells >= 1` and `ridge > 0`, got {n_cells} and {ridge}."
+            raise ValueError(msg)
+        self._rng = rng
+
+    def _mode_of(self, condition: str) -> str:
+        if self.options["mode"] != "auto":
+            return self.options["mode"]
+        return self._modes.get(condition, self._default_mode)
+
+    def _fit_cells(self, pdata: AnnData, cells: AnnData) -> None:
+        from ._cells import cell_values, pseudobulk_params
+
+        X, labels = cell_values(pdata, cells, var_names=self.var_names, ctrl=self.ctrl, control=self.control)
+        gen = as_generator(self._rng)
+        ctrl_rows = np.flatnonzero(labels == self.control)
+        n = min(self.options["n_cells"], ctrl_rows.size)
+        self.cell_rows = np.sort(gen.choice(ctrl_rows, n, replace=False))
+        # deletion or overexpression per condition, from obs['perturbation_type'] when mode="auto"
+        self._modes: dict[str, str] = {}
+        types = (
+            cells.obs["perturbation_type"].astype(str).str.lower().to_numpy()
+            if "perturbation_type" in cells.obs
+            else None
+        )
+        if types is not None:
+            for c in np.unique(labels):
+                t = types[labels == c]
+                self._modes[str(c)] = "overexpress" if np.mean(np.isin(t, list(GAIN))) > 0.5 else "delete"
+        gain = types is not None and np.mean(np.isin(types, list(GAIN))) > 0.5
+        self._default_mode = "overexpress" if gain else "delete"
+        if self.options["mode"] == "auto" and types is None:
+            logger.info("%s: no obs['perturbation_type']; every condition is a deletion (pass mode=).", self.name)
+        self._prepare(pdata, cells, X, pseudobulk_params(pdata))
+        refused = {c: r for c in self.train_names if (r := self.why_not(c)) is not None}
+        if refused:
+            shown = "; ".join(f"{c}: {r}" for c, r in list(refused.items())[:5])
+            msg = (
+                f"{self.name}: training condition(s) cannot be perturbed in silico ({shown}); drop them from training."
+            )
+            raise ValueError(msg)
+        S = np.vstack([self._shift(c) for c in self.train_names])
+        self.W, self.b, self.mu, self.sd = ridge_readout(S, self.train_delta, self.options["ridge"])
+        self.train_shifts = S
+
+    def _predict(self, conditions: list[str]) -> np.ndarray:
+        S = np.vstack([self._shift(c) for c in conditions])
+        return self.ctrl + ((S - self.mu) / self.sd) @ self.W + self.b
+
+    # hooks
+    def _prepare(self, pdata: AnnData, cells: AnnData, X: np.ndarray, params: dict) -> None:
+        raise NotImplementedError
+
+    def _shift(self, condition: str) -> np.ndarray:
+        raise NotImplementedError
+
+
+class GeneformerProbePredictor(_ProbeBase):
+    """``geneformer_probe``: Geneformer in-silico perturbation of control cells -> ridge readout -> pseudobulk.
+
+    For each condition, ``n_cells`` control cells (a seeded sample, the same for every condition) are perturbed in
+    their rank-value encoding as :func:`scfmkit.tl.geneformer_perturb` does (``"delete"``: the genes' tokens removed,
+    in cells that express them all; ``"overexpress"``: moved or inserted at the front), re-embedded, and compared with
+    their original embedding on the genes both keep (mean pooling of layer ``emb_layer``). The condition's feature is
+    the mean shift ``perturbed - original`` (zero when no sampled cell can be perturbed, e.g. deleting a gene none of
+    them expresses). A ridge regression (standardised features, penalty ``ridge``) fitted on the training conditions
+    (control included, shift 0) maps the shift to the expression change; a prediction is control + readout.
+
+    ``mode="auto"`` takes deletion or overexpression from ``obs['perturbation_type']`` of the cells (CRISPRa /
+    overexpression -> ``"overexpress"``, anything else, e.g. CRISPRi or knock-out -> ``"delete"``); conditions without
+    cells use the type of most cells. ``weights="random"`` is the random-weight control (same readout);
+    ``pca_probe`` the control without a foundation model.
+
+    Parameters
+    ----------
+    model
+        Geneformer registry name, checkpoint folder or loaded :class:`~scfmkit.models.FoundationModel`.
+    weights
+        ``"pretrained"`` or ``"random"``.
+    mode, n_cells, ridge
+        Perturbation, control cells sampled, ridge penalty.
+    emb_layer, batch_size, device, gene_key
+        As in :func:`scfmkit.tl.geneformer_perturb`. The cells are tokenised from the pseudobulk's layer
+        (``input="counts"`` when the pseudobulk was built from counts, else ``"lognorm"``).
+    rng
+        Seed of the control-cell sample.
+    """
+
+    name = "geneformer_probe"
+
+    def __init__(
+        self,
+        *,
+        model: Any = "geneformer-v1",
+        weights: str = "pretrained",
+        mode: str = "auto",
+        n_cells: int = 100,
+        ridge: float = 1.0,
+        emb_layer: int = -1,
+        batch_size: int | None = None,
+        device: str | None = None,
+        gene_key: str | None = None,
+        rng=0,
+    ) -> None:
+        super().__init__(
+            mode=mode,
+            n_cells=n_cells,
+            ridge=ridge,
+            rng=rng,
+            model=model if isinstance(model, str) else type(model).__name__,
+            weights=weights,
+            emb_layer=int(emb_layer),
+            batch_size=batch_size,
+            device=device,
+            gene_key=gene_key,
+        )
+        self._model_arg = model
+
+    def _prepare(self, pdata: AnnData, cells: AnnData, X: np.ndarray, params: dict) -> None:
+        from scfmkit import models
+
+        fm_model = models.load(self._model_arg, weights=self.options["weights"], device=self.options["device"])
+        fm_model.require("in_silico_perturbation", what="geneformer_probe")
+        self.fm_model = fm_model
+        sub = cells[self.cell_rows]
+        self.tokens, _ = fm_model.tokenize(
+            sub,
+            layer=params["layer"],
+            gene_key=self.options["gene_key"],
+            input="counts" if params.get("counts") else "lognorm",
+        )
+        self._cache: dict[tuple[str, str], np.ndarray] = {}
+
+    def _targets(self, condition: str) -> tuple[list[int], list[str]]:
+        genes = list(self.genes_of(condition))
+        if not genes:
+            return [], []
+        match = self.fm_model.match_genes(genes)
+        bad = [g for g, c in zip(genes, match.column, strict=True) if c < 0]
+        return [int(match.token_ids[c]) for c in match.column if c >= 0], bad
+
+    def why_not(self, condition: str) -> str | None:
+        bad = self._targets(condition)[1]
+        return f"gene(s) {bad} are not in {self.fm_model.name}'s dictionaries" if bad else None
+
+    def _shift(self, condition: str) -> np.ndarray:
+        from ._isp import _masked_embed, _perturb_tokens
+
+        targets, _ = self._targets(condition)
+        d = self.fm_model.hidden_size
+        if not targets:
+            return np.zeros(d)
+        mode = self._mode_of(condition)
+        key = (mode, ",".join(map(str, sorted(targets))))
+        if key in self._cache:
+            return self._cache[key]
+        skip = 1 if self.fm_model.vocab.special_tokens else 0
+        max_genes = self.fm_model.input_size - 2 * skip
+        pert, pert_ex, orig, orig_ex = [], [], [], []
+        for i in range(len(self.tokens)):
+            res = _perturb_tokens(self.tokens[i], targets, mode=mode, skip=skip, max_genes=max_genes)
+            if res is None:
+                continue
+            pert.append(res[0])
+            pert_ex.append(res[1])
+            orig.append(self.tokens[i])
+            orig_ex.append(res[2])
+        if not pert:
+            logger.info(
+                "geneformer_probe: %s (%s) perturbs none of the sampled control cells; shift 0.", condition, mode
+            )
+            out = np.zeros(d)
+        else:
+            from scfmkit._settings import settings
+
+            kw = {
+                "emb_layer": self.options["emb_layer"],
+                "pooling": "mean",
+                "batch_size": self.options["batch_size"] or settings.batch_size,
+                "device": self.options["device"],
+            }
+            a = _masked_embed(self.fm_model, pert, pert_ex, **kw).astype(np.float64)
+            b = _masked_embed(self.fm_model, orig, orig_ex, **kw).astype(np.float64)
+            out = (a - b).mean(0)
+        self._cache[key] = out
+        return out
+
+
+class PCAProbePredictor(_ProbeBase):
+    """``pca_probe``: the probe's control without a foundation model (PCA of the control cells).
+
+    The sampled control cells' log-normalised expression (the pseudobulk's genes) is perturbed directly: ``"delete"``
+    sets the perturbed genes to 0, ``"overexpress"`` to their largest value among the control cells; the feature is
+    the mean shift of the cells' PCA scores (``n_components`` components of the centred control cells). Perturbed
+    genes that are not measured leave the cells unchanged (shift 0: the readout then predicts its intercept). Readout
+    and ``mode`` as :class:`GeneformerProbePredictor`.
+    """
+
+    name = "pca_probe"
+
+    def __init__(
+        self, *, mode: str = "auto", n_cells: int = 100, ridge: float = 1.0, n_components: int = 50, rng=0
+    ) -> None:
+        super().__init__(mode=mode, n_cells=n_cells, ridge=ridge, rng=rng, n_components=int(n_components))
+
+    def _prepare(self, pdata: AnnData, cells: AnnData, X: np.ndarray, params: dict) -> None:
+        from ._linear import _small_svd
+
+        Xc = X[self.cell_rows].astype(np.float64)
+        self.x_ctrl = Xc
+        self.x_mean = Xc.mean(0)
+        k = min(self.options["n_components"], Xc.shape[0] - 1, Xc.shape[1])
+        if k < 1:
+            msg = "pca_probe needs at least 2 control cells."
+            raise ValueError(msg)
+        _, _, Vt = _small_svd(Xc - self.x_mean)
+        self.V = Vt[:k].T
+        self.x_max = Xc.max(0)
+        self._pos = {g: i for i, g in enumerate(self.var_names)}
+
+    def _shift(self, condition: str) -> np.ndarray:
+        cols = [self._pos[g] for g in self.genes_of(condition) if g in self._pos]
+        if not cols:
+            return np.zeros(self.V.shape[1])
+        Xp = self.x_ctrl.copy()
+        Xp[:, cols] = 0.0 if self._mode_of(condition) == "delete" else self.x_max[cols]
+        return (Xp.mean(0) - self.x_mean) @ self.V
+
+
+register_predictor("geneformer_probe", GeneformerProbePredictor)
+register_predictor("pca_probe", PCAProbePredictor)
