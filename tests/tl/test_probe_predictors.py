@@ -111,6 +111,7 @@ def test_benchmark_with_probes(cells, gf_dir):
         },
         split="random",
         seeds=[0],
+        replicate=False,
     )
     assert set(res["method"]) == {"mean", "geneformer_probe (random weights)", "pca_probe"}
     counts = res.groupby("method").size()
