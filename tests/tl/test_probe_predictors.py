@@ -116,3 +116,19 @@ def test_benchmark_with_probes(cells, gf_dir):
     assert set(res["method"]) == {"mean", "geneformer_probe (random weights)", "pca_probe"}
     counts = res.groupby("method").size()
     assert counts.nunique() == 1
+
+
+@pytest.mark.parametrize("what", ["nan", "counts"])
+def test_probe_bad_cells_are_refused_untouched(cells, pdata, what):
+    bad = cells.copy()
+    X = bad.X.toarray()
+    if what == "nan":
+        X[2, 3] = np.nan
+    else:
+        X = np.round(np.expm1(X) * 3)
+    bad.X = sparse.csr_matrix(X)
+    before, p0 = bad.copy(), pdata.copy()
+    with pytest.raises(ValueError, match="NaN" if what == "nan" else "raw counts"):
+        fm.tl.PCAProbePredictor(n_cells=12).fit(pdata, _train(pdata), cells=bad)
+    np.testing.assert_array_equal(bad.X.toarray(), before.X.toarray())
+    np.testing.assert_array_equal(pdata.X, p0.X)
