@@ -1,0 +1,353 @@
+"""scBERT's Performer encoder (``PerformerLM`` of TencentAILabHealthcare/scBERT) in plain torch.
+
+The module tree and parameter names are the reference's, so a released ``model_state_dict`` loads with
+``load_state_dict(strict=True)``. Only what scBERT uses is implemented: global FAVOR+ softmax-kernel heads (no local
+or causal attention, no reversible layers), pre-LayerNorm blocks, GELU feed-forward, the gene2vec positional
+embedding (fixed) and the final LayerNorm.
+
+Differences from the reference, none of which changes a number at batch size 1 (its ``predict.py``):
+
+- the key stabiliser of the softmax kernel is the maximum over each cell's heads, positions and features; the
+  reference takes it over the whole batch, so its outputs depend (slightly, through the kernel's ``eps``) on which
+  cells share a batch. Here a cell's embedding never depends on its batch.
+- projection matrices are never redrawn (the reference redraws them every 1000 training calls); they are the
+  checkpoint's, as in the reference's evaluation mode.
+- the kernels work in place and skip the ``repeat`` of the projection, which saves memory and time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "PerformerConfig",
+    "ScBertLM",
+    "gaussian_orthogonal_random_matrix",
+    "linear_attention",
+    "softmax_kernel",
+]
+
+
+@dataclass(frozen=True)
+class PerformerConfig:
+    """Sizes of an scBERT ``PerformerLM`` (the released model: 7 tokens, 16,907 positions, 200 dims, 6 x 10 heads).
+
+    Attributes
+    ----------
+    num_tokens
+        Expression tokens: ``bin_num + 2`` (bins ``0..bin_num`` and the mask token ``bin_num + 1``).
+    max_seq_len
+        Genes plus the trailing token (16,907).
+    dim, depth, heads, dim_head
+        Model width (200, tied to gene2vec), layers, attention heads and their width (reference default 64).
+    nb_features
+        Random features of FAVOR+ (default ``int(dim_head * log(dim_head))`` = 266).
+    ff_mult
+        Feed-forward expansion (4).
+    qkv_bias
+        Whether the q/k/v projections have biases (``PerformerLM``'s default is ``False``).
+    """
+
+    num_tokens: int = 7
+    max_seq_len: int = 16_907
+    dim: int = 200
+    depth: int = 6
+    heads: int = 10
+    dim_head: int = 64
+    nb_features: int | None = None
+    ff_mult: int = 4
+    qkv_bias: bool = False
+
+    @property
+    def n_features(self) -> int:
+        """The number of random features actually used."""
+        return self.nb_features if self.nb_features is not None else int(self.dim_head * math.log(self.dim_head))
+
+    @property
+    def bin_num(self) -> int:
+        """Highest expression bin (5 for the released model)."""
+        return self.num_tokens - 2
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> PerformerConfig:
+        """Read the sizes off a ``PerformerLM`` state dict (the reference stores no config)."""
+        try:
+            num_tokens, dim = state["token_emb.weight"].shape
+            max_seq_len = state["pos_emb.emb.weight"].shape[0]
+            depth = 1 + max(int(k.split(".")[3]) for k in state if k.startswith("performer.net.layers."))
+            proj = state["performer.net.layers.0.0.fn.fast_attention.projection_matrix"]
+            inner = state["performer.net.layers.0.0.fn.to_q.weight"].shape[0]
+            ff = state["performer.net.layers.0.1.fn.fn.w1.weight"].shape[0]
+        except (KeyError, ValueError) as err:
+            msg = (
+                f"The state dict is not an scBERT PerformerLM's (missing or odd {err}); expected keys such as "
+                "'token_emb.weight', 'pos_emb.emb.weight' and 'performer.net.layers.0.0.fn.to_q.weight'."
+            )
+            raise ValueError(msg) from err
+        nb_features, dim_head = proj.shape
+        return cls(
+            num_tokens=int(num_tokens),
+            max_seq_len=int(max_seq_len),
+            dim=int(dim),
+            depth=int(depth),
+            heads=int(inner // dim_head),
+            dim_head=int(dim_head),
+            nb_features=int(nb_features),
+            ff_mult=int(ff // dim),
+            qkv_bias="performer.net.layers.0.0.fn.to_q.bias" in state,
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# kernels
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def softmax_kernel(data: torch.Tensor, projection: torch.Tensor, *, is_query: bool, eps: float = 1e-4) -> torch.Tensor:
+    """FAVOR+ positive random features of ``data`` (``b, h, n, d``) with ``projection`` (``m, d``).
+
+    ``ratio * (exp(w x / d^1/4 - |x|^2 / (2 d^1/2) - stabiliser) + eps)`` with ``ratio = m^-1/2``; the stabiliser is
+    the per-position maximum for queries and the per-cell maximum for keys (see the module docstring).
+    """
+    d, m = data.shape[-1], projection.shape[0]
+    normalizer = d**-0.25
+    ratio = m**-0.5
+    dash = torch.matmul(normalizer * data, projection.type_as(data).t())
+    diag = (data**2).sum(dim=-1).div_(2.0).mul_(normalizer**2).unsqueeze(-1)
+    if is_query:
+        stab = dash.amax(dim=-1, keepdim=True)
+    else:
+        stab = dash.amax(dim=(1, 2, 3), keepdim=True)
+    return dash.sub_(diag).sub_(stab).exp_().add_(eps).mul_(ratio)
+
+
+def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Non-causal linear attention: ``D^-1 q (k^T v)`` with ``D = q . sum_n k``."""
+    k_sum = k.sum(dim=-2)
+    d_inv = 1.0 / torch.matmul(q, k_sum.type_as(q).unsqueeze(-1))
+    context = torch.matmul(k.transpose(-2, -1), v)
+    return torch.matmul(q, context).mul_(d_inv)
+
+
+def gaussian_orthogonal_random_matrix(
+    nb_rows: int, nb_columns: int, *, scaling: int = 0, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The reference's projection matrix: stacked orthogonal blocks (QR of Gaussian matrices), rows rescaled.
+
+    ``scaling=0`` gives rows the norms of Gaussian vectors (the reference default), ``1`` the norm ``sqrt(d)``.
+    """
+
+    def block() -> torch.Tensor:
+        q, _ = torch.linalg.qr(torch.randn((nb_columns, nb_columns), generator=generator), mode="reduced")
+        return q.t()
+
+    blocks = [block() for _ in range(nb_rows // nb_columns)]
+    rest = nb_rows - (nb_rows // nb_columns) * nb_columns
+    if rest > 0:
+        blocks.append(block()[:rest])
+    final = torch.cat(blocks)
+    if scaling == 0:
+        multiplier = torch.randn((nb_rows, nb_columns), generator=generator).norm(dim=1)
+    elif scaling == 1:
+        multiplier = math.sqrt(float(nb_columns)) * torch.ones((nb_rows,))
+    else:
+        msg = f"`scaling` must be 0 or 1, got {scaling}."
+        raise ValueError(msg)
+    return torch.diag(multiplier) @ final
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# modules (names as the reference's, for its state dict)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+_MAX_FEATURES = 1 << 26  # random-feature entries per attention call (256 MiB in float32) before cells go one by one
+
+
+class FastAttention(nn.Module):
+    def __init__(self, dim_head: int, nb_features: int) -> None:
+        super().__init__()
+        self.register_buffer("projection_matrix", torch.zeros(nb_features, dim_head))
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        b, h, n, _ = q.shape
+        if b > 1 and b * h * n * self.projection_matrix.shape[0] > _MAX_FEATURES:
+            # one cell at a time bounds the random-feature tensors' memory; each cell's numbers are unchanged
+            return torch.cat([self(q[i : i + 1], k[i : i + 1], v[i : i + 1]) for i in range(b)])
+        q = softmax_kernel(q, self.projection_matrix, is_query=True)
+        k = softmax_kernel(k, self.projection_matrix, is_query=False)
+        return linear_attention(q, k, v)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: PerformerConfig) -> None:
+        super().__init__()
+        inner = cfg.heads * cfg.dim_head
+        self.heads = cfg.heads
+        self.fast_attention = FastAttention(cfg.dim_head, cfg.n_features)
+        self.to_q = nn.Linear(cfg.dim, inner, bias=cfg.qkv_bias)
+        self.to_k = nn.Linear(cfg.dim, inner, bias=cfg.qkv_bias)
+        self.to_v = nn.Linear(cfg.dim, inner, bias=cfg.qkv_bias)
+        self.to_out = nn.Linear(inner, cfg.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, n, self.heads, -1).transpose(1, 2)
+
+        out = self.fast_attention(split(self.to_q(x)), split(self.to_k(x)), split(self.to_v(x)))
+        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(dim, dim * mult)
+        self.act = nn.GELU()
+        self.w2 = nn.Linear(dim * mult, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w2(self.act(self.w1(x)))
+
+
+class Chunk(nn.Module):
+    """The reference's feed-forward wrapper (one chunk: a pass-through that keeps the parameter names)."""
+
+    def __init__(self, fn: nn.Module) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+class PreLayerNorm(nn.Module):
+    def __init__(self, dim: int, fn: nn.Module) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.norm(x))
+
+
+class SequentialSequence(nn.Module):
+    def __init__(self, layers: nn.ModuleList) -> None:
+        super().__init__()
+        self.layers = layers
+
+    def forward(self, x: torch.Tensor, *, return_layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, list]:
+        kept = [x] if 0 in return_layers else []
+        for i, (attn, ff) in enumerate(self.layers, start=1):
+            x = x + attn(x)
+            x = x + ff(x)
+            if i in return_layers:
+                kept.append(x)
+        return x, kept
+
+
+class Performer(nn.Module):
+    def __init__(self, cfg: PerformerConfig) -> None:
+        super().__init__()
+        layers = nn.ModuleList(
+            nn.ModuleList(
+                [
+                    PreLayerNorm(cfg.dim, SelfAttention(cfg)),
+                    PreLayerNorm(cfg.dim, Chunk(FeedForward(cfg.dim, cfg.ff_mult))),
+                ]
+            )
+            for _ in range(cfg.depth)
+        )
+        self.net = SequentialSequence(layers)
+        self.register_buffer("calls_since_last_redraw", torch.tensor(0))
+
+    def forward(self, x: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, list]:
+        return self.net(x, **kwargs)
+
+
+class Gene2VecPositionalEmbedding(nn.Module):
+    """The fixed gene2vec table (genes plus a zero row for the trailing token), kept in its stored dtype.
+
+    The reference builds it from float64 numpy, so the released table is float64 and is added in place to the
+    float32 token embeddings; this module does the same.
+    """
+
+    def __init__(self, max_seq_len: int, dim: int, dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(max_seq_len, dim, dtype=dtype)
+        self.emb.weight.requires_grad_(False)
+
+    def forward(self, n: int) -> torch.Tensor:
+        return self.emb.weight[:n]
+
+
+class ScBertLM(nn.Module):
+    """scBERT's ``PerformerLM`` (``g2v_position_emb=True``): token + gene2vec embedding, Performer, LayerNorm.
+
+    ``forward(ids)`` returns the final LayerNorm's output (``return_encodings=True`` in the reference);
+    ``logits(encodings)`` applies the pretraining head ``to_out``.
+    """
+
+    def __init__(self, cfg: PerformerConfig, *, pos_dtype: torch.dtype = torch.float64) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.token_emb = nn.Embedding(cfg.num_tokens, cfg.dim)
+        self.pos_emb = Gene2VecPositionalEmbedding(cfg.max_seq_len, cfg.dim, dtype=pos_dtype)
+        self.performer = Performer(cfg)
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.to_out = nn.Linear(cfg.dim, cfg.num_tokens)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings plus the gene2vec rows of positions ``0..n-1`` (the encoder's input)."""
+        n = ids.shape[1]
+        if n > self.cfg.max_seq_len:
+            msg = f"Sequence length {n} exceeds the model's {self.cfg.max_seq_len} positions."
+            raise ValueError(msg)
+        x = self.token_emb(ids)
+        x += self.pos_emb(n)
+        return x
+
+    def forward(self, ids: torch.Tensor, *, return_layers: tuple[int, ...] = ()) -> torch.Tensor | tuple:
+        """Final encodings ``(b, n, dim)``; with ``return_layers`` also the (un-normalised) residual streams.
+
+        Layer ``0`` is the embedding, ``i`` the output of block ``i``.
+        """
+        x, kept = self.performer(self.embed(ids), return_layers=return_layers)
+        x = self.norm(x)
+        return (x, kept) if return_layers else x
+
+    def logits(self, encodings: torch.Tensor) -> torch.Tensor:
+        """The pretraining head: expression-token logits ``(b, n, num_tokens)``."""
+        return self.to_out(encodings)
+
+
+def random_state_dict(cfg: PerformerConfig, gene2vec: Any, seed: int) -> dict[str, torch.Tensor]:
+    """A seeded random ``PerformerLM`` state dict with the reference's keys and initialisation.
+
+    Linear layers, embeddings and LayerNorms get torch's default initialisation (as the reference's constructor),
+    the projection matrices the reference's Gaussian orthogonal draw, and ``pos_emb`` the given gene2vec matrix
+    (``n_genes x dim``) with the zero row appended for the trailing token, in float64 as the reference.
+    """
+    import numpy as np
+
+    g2v = np.asarray(gene2vec, dtype=np.float64)
+    if g2v.shape != (cfg.max_seq_len - 1, cfg.dim):
+        msg = f"gene2vec must be {(cfg.max_seq_len - 1, cfg.dim)} (genes x dim), got {g2v.shape}."
+        raise ValueError(msg)
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        module = ScBertLM(cfg)
+    state = {k: v.clone() for k, v in module.state_dict().items()}
+    for key in state:
+        if key.endswith("projection_matrix"):
+            state[key] = gaussian_orthogonal_random_matrix(cfg.n_features, cfg.dim_head, generator=gen)
+    table = np.concatenate([g2v, np.zeros((1, g2v.shape[1]))], axis=0)
+    state["pos_emb.emb.weight"] = torch.from_numpy(table)
+    return state
