@@ -123,6 +123,7 @@ def write_random_checkpoint(
     heads: int = 10,
     dim_head: int = 64,
     nb_features: int | None = None,
+    ff_mult: int = 4,
     bin_num: int = 5,
     dim: int = 200,
 ) -> Path:
@@ -130,7 +131,9 @@ def write_random_checkpoint(
 
     ``out_dir`` receives ``panglao_pretrain.pth`` (``{"model_state_dict": ...}`` with the reference's keys),
     ``gene_list.txt`` and ``gene2vec_16906.npy`` (``gene2vec``, or a seeded Gaussian matrix genes x ``dim``).
-    The released model has 16,906 genes, ``dim=200`` (gene2vec's width), 6 layers of 10 heads of 64 and 5 bins.
+    The released model has 16,906 genes, ``dim=200`` (gene2vec's width), 6 layers of 10 heads of 64, the default
+    266 random features, a 4x feed-forward and 5 bins; smaller ``depth``/``heads``/``dim_head``/``nb_features``/
+    ``ff_mult`` (all arguments of the reference ``PerformerLM``) make fast test checkpoints.
 
     Returns
     -------
@@ -156,6 +159,7 @@ def write_random_checkpoint(
         heads=heads,
         dim_head=dim_head,
         nb_features=nb_features,
+        ff_mult=ff_mult,
     )
     state = random_state_dict(cfg, gene2vec, seed)
     torch.save({"model_state_dict": state}, out_dir / WEIGHTS_FILE)
