@@ -8,7 +8,6 @@ the reference's outputs on the same checkpoint and cells (see ``tests/data/golde
 from __future__ import annotations
 
 import hashlib
-import re
 
 import numpy as np
 import pytest
@@ -17,28 +16,18 @@ N_GENES = 16_906
 SMALL = {"seed": 0, "depth": 2, "heads": 2, "dim_head": 32, "nb_features": 48, "ff_mult": 1}
 
 
-def plausible_gene_list(csv_path, n: int = N_GENES, seed: int = 0) -> list[str]:
-    """Seeded stand-in for scBERT's 16,906 PanglaoDB symbols: gene-like GENCODE v44 symbols, in genomic order."""
-    import pandas as pd
-
-    sym = pd.unique(pd.read_csv(csv_path, header=None)[1].astype(str))
-    pat = re.compile(r"^[A-Z][A-Z0-9]*$")
-    skip = ("ENSG", "LINC", "MIR", "SNOR", "RNU", "RNA5", "Y_RNA", "LOC")
-    keep = [s for s in sym if pat.match(s) and not s.startswith(skip)]
-    idx = np.sort(np.random.default_rng(seed).choice(len(keep), n, replace=False))
-    return [keep[i] for i in idx]
-
-
 @pytest.fixture(scope="module")
 def genes(shared_dir) -> list[str]:
-    return plausible_gene_list(shared_dir / "data" / "gencode_v44_gene_id2name.csv")
+    from scfmkit.models._scbert_io import stand_in_gene_list
+
+    return stand_in_gene_list(csv_path=shared_dir / "data" / "gencode_v44_gene_id2name.csv")
 
 
 @pytest.fixture(scope="module")
 def scbert_dir(genes, tmp_path_factory):
     from scfmkit.models._scbert_io import write_random_checkpoint
 
-    return write_random_checkpoint(tmp_path_factory.mktemp("scbert") / "small", genes, **SMALL)
+    return write_random_checkpoint(tmp_path_factory.mktemp("scbert") / "small", genes=genes, **SMALL)
 
 
 @pytest.fixture(scope="module")
@@ -163,10 +152,12 @@ class _Opaque:
 def test_bins_match_reference(model, cells, golden):
     tokens, cov = model.tokenize(cells)
     assert len(tokens) == 20 and set(tokens.lengths) == {N_GENES + 1}
-    bins = tokens.input_ids.reshape(20, -1)
+    np.testing.assert_array_equal(tokens[3], np.arange(N_GENES + 1))  # positions: the genes, then the trailing token
+    bins = tokens.values.reshape(20, -1)
     np.testing.assert_array_equal(bins, golden["bins"])
     assert bins[:, -1].max() == 0  # the trailing token
     assert cov["n_genes_matched"] == len(set(model.genes) & set(cells.var_names))
+    assert (tokens.n_genes >= (bins[:, :-1] > 0).sum(1)).all() and (tokens.n_genes >= 200).all()  # bin 0 if tiny
     assert 0 < cov["frac_counts_matched"] < 1 and cov["n_model_genes"] == N_GENES
 
 
@@ -176,8 +167,8 @@ def test_lognorm_input_gives_the_counts_bins(model, cells):
     ln = cells.copy()
     sc.pp.normalize_total(ln, target_sum=1e4)
     sc.pp.log1p(ln)
-    a = model.tokenize(cells)[0].input_ids
-    b = model.tokenize(ln, input="lognorm")[0].input_ids
+    a = model.tokenize(cells)[0].values
+    b = model.tokenize(ln, input="lognorm")[0].values
     assert np.mean(a == b) > 0.9999  # equal but for values within float rounding of a bin edge
     with pytest.raises(ValueError, match="not raw counts"):
         model.tokenize(ln)
@@ -194,7 +185,7 @@ def test_reindex_first_duplicate_missing_zero(model):
     a = ad.AnnData(X)
     a.var_names = [g[10], g[3], g[10], "NOT_A_GENE", g[0]]
     before = a.X.copy()
-    bins = model.tokenize(a)[0].input_ids
+    bins = model.tokenize(a)[0].values
     assert (a.X != before).nnz == 0  # caller's data untouched
     # totals over model genes only: 5 + 1 (the second g[10] entry is dropped, as the reference's list.index)
     expect = np.zeros(N_GENES + 1, np.uint8)

@@ -91,8 +91,13 @@ def _detect_family(directory: Path) -> str:
         return detect_variant(directory)
     if {"vocab.json", "args.json"} <= names:
         return "scgpt-human"
+    from ._scbert_io import is_scbert_dir
+
+    if is_scbert_dir(names):
+        return "scbert"
     msg = (
         f"Cannot tell which model {str(directory)!r} holds: expected Geneformer files (config.json, "
-        "token_dictionary*.pkl, ...) or scGPT files (args.json, vocab.json, best_model.pt)."
+        "token_dictionary*.pkl, ...), scGPT files (args.json, vocab.json, best_model.pt) or scBERT files "
+        "(panglao_pretrain.pth, gene_list.txt, gene2vec_16906.npy)."
     )
     raise ValueError(msg)

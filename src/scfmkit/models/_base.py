@@ -407,6 +407,7 @@ def _ensure_builtin() -> None:
         from . import scgpt  # noqa: F401
     except ImportError:  # pragma: no cover - while scGPT support is being added
         pass
+    from . import scbert  # noqa: F401
 
 
 def resolve_model_dir(spec: ModelSpec, path: str | Path | None, requested: str | None = None) -> Path | None:

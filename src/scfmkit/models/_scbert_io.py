@@ -34,6 +34,7 @@ __all__ = [
     "read_gene2vec",
     "read_gene_list",
     "read_weights",
+    "stand_in_gene_list",
     "write_random_checkpoint",
 ]
 
@@ -92,7 +93,7 @@ def read_gene2vec(path: Path) -> np.ndarray:
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The ``model_state_dict`` of a ``panglao_pretrain.pth`` (``torch.load(weights_only=True)``)."""
-    from ._io import UnsafeFileError, load_state_dict
+    from ._io import UnsafeFileError, check_finite, load_state_dict
 
     try:
         state = load_state_dict(path)
@@ -106,6 +107,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(msg) from err
     if any(k.startswith("module.") for k in state):  # saved from a DataParallel wrapper
         state = {k.removeprefix("module."): v for k, v in state.items()}
+    check_finite(state, source=repr(str(path)))
     dropped = [k for k in state if k.startswith("to_out.") and k not in ("to_out.weight", "to_out.bias")]
     if dropped:
         logger.info("scBERT: %d tensors of a fine-tuning head were skipped.", len(dropped))
@@ -113,10 +115,41 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def stand_in_gene_list(n: int = 16_906, *, seed: int = 0, csv_path: str | Path | None = None) -> list[str]:
+    """A seeded stand-in for scBERT's 16,906 PanglaoDB symbols (the real list is not on this machine).
+
+    ``n`` gene-like symbols of GENCODE v44 (``gencode_v44_gene_id2name.csv`` in ``csv_path`` or
+    :attr:`scfmkit.settings.data_dir`; symbols of letters and digits, none of the ``ENSG``/``LINC``/``MIR``/``SNOR``/
+    ``RNU``/``RNA5``/``Y_RNA``/``LOC`` families), drawn without replacement with ``seed`` and kept in file order.
+    """
+    import re
+
+    import pandas as pd
+
+    from .._settings import settings
+
+    if csv_path is None:
+        if settings.data_dir is None:
+            msg = "Set SCFMKIT_DATA_DIR (or pass `csv_path=`) to the folder with gencode_v44_gene_id2name.csv."
+            raise FileNotFoundError(msg)
+        csv_path = Path(settings.data_dir) / "gencode_v44_gene_id2name.csv"
+    sym = pd.unique(pd.read_csv(csv_path, header=None)[1].astype(str))
+    pattern = re.compile(r"^[A-Z][A-Z0-9]*$")
+    skip = ("ENSG", "LINC", "MIR", "SNOR", "RNU", "RNA5", "Y_RNA", "LOC")
+    keep = [s for s in sym if pattern.match(s) and not s.startswith(skip)]
+    if n > len(keep):
+        msg = f"Only {len(keep)} gene-like symbols in {csv_path}; ask for at most that many genes."
+        raise ValueError(msg)
+    idx = np.sort(np.random.default_rng(seed).choice(len(keep), n, replace=False))
+    return [keep[i] for i in idx]
+
+
 def write_random_checkpoint(
     out_dir: str | Path,
-    genes: list[str],
+    vocab_dir: str | Path | None = None,
     *,
+    genes: list[str] | None = None,
+    n_genes: int = 16_906,
     gene2vec: np.ndarray | None = None,
     seed: int = 0,
     depth: int = 6,
@@ -130,10 +163,12 @@ def write_random_checkpoint(
     """Write a seeded random scBERT checkpoint in the released layout (for tests, demos and benchmarks).
 
     ``out_dir`` receives ``panglao_pretrain.pth`` (``{"model_state_dict": ...}`` with the reference's keys),
-    ``gene_list.txt`` and ``gene2vec_16906.npy`` (``gene2vec``, or a seeded Gaussian matrix genes x ``dim``).
-    The released model has 16,906 genes, ``dim=200`` (gene2vec's width), 6 layers of 10 heads of 64, the default
-    266 random features, a 4x feed-forward and 5 bins; smaller ``depth``/``heads``/``dim_head``/``nb_features``/
-    ``ff_mult`` (all arguments of the reference ``PerformerLM``) make fast test checkpoints.
+    ``gene_list.txt`` and ``gene2vec_16906.npy``. The genes are ``genes``, else the gene list of ``vocab_dir`` (a
+    folder with the real ``gene_list.txt`` or ``panglao_10000.h5ad``, whose ``gene2vec_16906.npy`` is used too),
+    else :func:`stand_in_gene_list` of ``n_genes`` genes; gene2vec is ``gene2vec`` or a seeded Gaussian matrix genes
+    x ``dim``. The released model has 16,906 genes, ``dim=200`` (gene2vec's width), 6 layers of 10 heads of 64, the
+    default 266 random features, a 4x feed-forward and 5 bins; smaller ``depth``/``heads``/``dim_head``/
+    ``nb_features``/``ff_mult`` (all arguments of the reference ``PerformerLM``) make fast test checkpoints.
 
     Returns
     -------
@@ -144,7 +179,17 @@ def write_random_checkpoint(
     from ._performer import PerformerConfig, random_state_dict
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if genes is None and vocab_dir is not None and Path(vocab_dir).is_dir():
+        try:
+            genes = read_gene_list(find_gene_list(Path(vocab_dir)))
+        except FileNotFoundError:
+            genes = None
+        else:
+            if gene2vec is None and (Path(vocab_dir) / GENE2VEC_FILE).is_file():
+                gene2vec = read_gene2vec(Path(vocab_dir) / GENE2VEC_FILE)
+    if genes is None:
+        genes = stand_in_gene_list(n_genes, seed=0)
+    genes = list(genes)
     if len(set(genes)) != len(genes):
         msg = "The gene list has repeated names; scBERT's genes are unique."
         raise ValueError(msg)
@@ -162,6 +207,7 @@ def write_random_checkpoint(
         ff_mult=ff_mult,
     )
     state = random_state_dict(cfg, gene2vec, seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"model_state_dict": state}, out_dir / WEIGHTS_FILE)
     (out_dir / "gene_list.txt").write_text("\n".join(genes) + "\n")
     np.save(out_dir / GENE2VEC_FILE, gene2vec)

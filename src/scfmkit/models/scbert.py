@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from .._utils import get_matrix, logger, progress
-from ._base import FoundationModel, ModelSpec, register_model
-from ._rank_tokenize import TokenizedCells
+from .._checks import get_matrix
+from .._utils import logger, progress
+from ._base import FoundationModel, GeneMatch, ModelSpec, TokenizedCells, autocast, register_model
+from ._scbert_io import write_random_checkpoint
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -56,6 +57,7 @@ class ScBERTModel(FoundationModel):
     """
 
     family = "scbert"
+    capabilities = frozenset()
 
     def __init__(
         self,
@@ -98,16 +100,22 @@ class ScBERTModel(FoundationModel):
         return self.config.dim
 
     @property
+    def n_layers(self) -> int:
+        """Number of Performer layers (6 for the released model)."""
+        return self.config.depth
+
+    @property
     def n_genes(self) -> int:
         """Number of model genes (16,906 for the released model)."""
         return len(self.genes)
 
     # ------------------------------------------------------------------ genes
-    def match_genes(self, genes: pd.Index | list[str], *, gene_id_type: str = "auto") -> Any:
+    def match_genes(self, genes: pd.Index | list[str], *, gene_id_type: str = "auto") -> GeneMatch:
         """Map gene symbols onto the model's gene list (exact names, as the reference's reindexing).
 
         A gene named by several ``var`` entries takes the first one's values (as the reference's ``list.index``);
-        the later entries are left out (column -1) but keep the gene id, so gene embeddings fill them.
+        the later entries are left out (column -1) but keep the gene id, so gene embeddings fill them. Token ids are
+        positions in the gene list.
         """
         from .geneformer import _ENSEMBL_RE
 
@@ -140,18 +148,8 @@ class ScBERTModel(FoundationModel):
                 "scBERT: %d var entries repeat a gene name; the first entry's values are used, as the reference does.",
                 n_repeats,
             )
-        return _make_match(ids, column, np.array([self.gene_index[g] for g in first], np.int64), gene_id_type)
-
-    def match_adata(self, adata: AnnData, *, gene_key: str | None = None, gene_id_type: str = "auto") -> Any:
-        """:meth:`match_genes` on ``adata.var_names`` or the ``var`` column ``gene_key``."""
-        if gene_key is None:
-            genes = adata.var_names
-        elif gene_key in adata.var:
-            genes = pd.Index(adata.var[gene_key].astype(str))
-        else:
-            msg = f"`gene_key={gene_key!r}` is not a column of adata.var (columns: {list(adata.var.columns)})."
-            raise KeyError(msg)
-        return self.match_genes(genes, gene_id_type=gene_id_type)
+        token_ids = np.array([self.gene_index[g] for g in first], np.int64)
+        return GeneMatch(gene_ids=ids, column=column, token_ids=token_ids, id_type=gene_id_type)
 
     # ------------------------------------------------------------------ tokens
     def iter_bins(
@@ -163,7 +161,7 @@ class ScBERTModel(FoundationModel):
         gene_id_type: str = "auto",
         input: str = "counts",
         chunk_size: int = 1024,
-        match: Any = None,
+        match: GeneMatch | None = None,
     ):
         """Yield ``(rows, bins, stats)`` chunk by chunk: uint8 ``(cells, n_genes + 1)`` tokens (trailing 0 included).
 
@@ -175,11 +173,9 @@ class ScBERTModel(FoundationModel):
         if input not in {"counts", "lognorm"}:
             msg = f"`input` must be 'counts' or 'lognorm', got {input!r}."
             raise ValueError(msg)
-        if chunk_size < 1:
-            msg = f"`chunk_size` must be positive, got {chunk_size}."
-            raise ValueError(msg)
+        chunk_size = self.check_chunk_size(chunk_size)
         match = match or self.match_adata(adata, gene_key=gene_key, gene_id_type=gene_id_type)
-        if match.n_matched_vars == 0:
+        if match.n_vars_matched == 0:
             where = "var_names" if gene_key is None else f"var[{gene_key!r}]"
             msg = (
                 f"None of the {adata.n_vars} genes in {where} (e.g. {list(adata.var_names[:3])}) is in scBERT's gene "
@@ -202,6 +198,7 @@ class ScBERTModel(FoundationModel):
             bins = bin_expression(on_genes, self.config.bin_num)
             detected = np.asarray((on_genes > 0).sum(axis=1)).ravel()
             stats = {
+                "detected": detected,
                 "total": float(chunk.sum(dtype=np.float64)),
                 "matched": float(on_genes.sum(dtype=np.float64)),
                 "n_cells_below_min_genes": int((detected < MIN_GENES).sum()),
@@ -219,18 +216,27 @@ class ScBERTModel(FoundationModel):
         input: str = "counts",
         chunk_size: int = 1024,
     ) -> tuple[TokenizedCells, dict[str, Any]]:
-        """All cells' expression tokens (``n_genes + 1`` each, input order) and the gene coverage."""
+        """Every cell's ``n_genes + 1`` positions (input order) and the gene coverage.
+
+        ``input_ids`` are the positions ``0..n_genes`` (gene ``i`` of the gene list, then the trailing token),
+        ``values`` the expression bins (uint8, 0 for missing genes and the trailing token) and ``n_genes`` the
+        number of detected model genes per cell.
+        """
         match = self.match_adata(adata, gene_key=gene_key, gene_id_type=gene_id_type)
-        parts, acc = [], _Coverage()
-        for _, bins, stats in self.iter_bins(
+        width = self.n_genes + 1
+        values = np.empty(adata.n_obs * width, np.uint8)
+        detected = np.zeros(adata.n_obs, np.int64)
+        acc = _Coverage()
+        for rows, bins, stats in self.iter_bins(
             adata, layer=layer, gene_key=gene_key, input=input, chunk_size=chunk_size, match=match
         ):
-            parts.append(bins.ravel())
+            values[rows.start * width : rows.stop * width] = bins.ravel()
+            detected[rows] = stats["detected"]
             acc.add(stats)
-        width = self.n_genes + 1
-        ids = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+        ids = np.tile(np.arange(width, dtype=np.int16 if width < np.iinfo(np.int16).max else np.int32), adata.n_obs)
         offsets = np.arange(adata.n_obs + 1, dtype=np.int64) * width
-        return TokenizedCells(ids, offsets), acc.params(self, adata.n_vars, match)
+        tokens = TokenizedCells(ids, offsets, values=values, n_genes=detected)
+        return tokens, acc.params(self, match)
 
     # ------------------------------------------------------------------ forward
     def encoder(self, device: str) -> ScBertLM:
@@ -258,11 +264,9 @@ class ScBERTModel(FoundationModel):
         """Run the encoder on token rows ``bins`` in batches; ``consume(rows, encodings)`` gets each batch."""
         import torch
 
-        from .geneformer import _autocast
-
         enc = self.encoder(device)
         batches = [np.arange(i, min(i + batch_size, len(bins))) for i in range(0, len(bins), batch_size)]
-        with torch.inference_mode(), _autocast(device, precision):
+        with torch.inference_mode(), autocast(device, precision):
             for idx in progress(batches, desc=desc, unit="batch", enabled=show_progress):
                 ids = torch.from_numpy(bins[idx].astype(np.int64)).to(device)
                 consume(idx, enc(ids).float())
@@ -309,10 +313,9 @@ class ScBERTModel(FoundationModel):
         if emb_layer not in (None, -1):
             msg = f"scBERT cell embeddings are the final encoder output; `emb_layer` must be None, got {emb_layer}."
             raise ValueError(msg)
-        from .._settings import settings
-
-        batch_size = int(batch_size or settings.batch_size)
-        dev = settings.resolve_device(device or self.device)
+        batch_size = self.resolve_batch_size(batch_size)
+        dev = self.resolve_device(device)
+        autocast(dev, precision)  # a wrong name fails before any work
         match = self.match_adata(adata, gene_key=gene_key, gene_id_type=gene_id_type)
         out = np.empty((adata.n_obs, self.hidden_size), np.float32)
         acc = _Coverage()
@@ -343,7 +346,7 @@ class ScBERTModel(FoundationModel):
             "batch_size": batch_size,
             "device": dev,
             "bin_num": self.config.bin_num,
-            **acc.params(self, adata.n_vars, match),
+            **acc.params(self, match),
         }
         return out, params
 
@@ -369,20 +372,19 @@ class ScBERTModel(FoundationModel):
         import torch
 
         match = self.match_adata(adata, gene_key=gene_key, gene_id_type=gene_id_type)
-        gene_pos = np.array([-1 if g is None else self.gene_index[g] for g in _match_ids(match)], np.int64)
+        gene_pos = np.array([-1 if g is None else self.gene_index[g] for g in match.gene_ids], np.int64)
         has = gene_pos >= 0
         out = np.full((adata.n_vars, self.hidden_size), np.nan, np.float32)
         if kind == "token":
             table = self.module.pos_emb.emb.weight.detach().float().cpu().numpy()
             out[has] = table[gene_pos[has]]
-            return out, {"n_vars_matched": int(has.sum()), "gene_id_type": match.id_type, "gene_key": gene_key}
+            return out, {**match.coverage(), "gene_key": gene_key}
         if kind != "contextual":
             msg = f"`kind` must be 'contextual' or 'token', got {kind!r}."
             raise ValueError(msg)
-        from .._settings import settings
-
-        batch_size = int(batch_size or settings.batch_size)
-        dev = settings.resolve_device(device or self.device)
+        batch_size = self.resolve_batch_size(batch_size)
+        dev = self.resolve_device(device)
+        autocast(dev, precision)
         sums = torch.zeros((self.n_genes, self.hidden_size), dtype=torch.float64)
         acc = _Coverage()
 
@@ -403,7 +405,7 @@ class ScBERTModel(FoundationModel):
             "precision": precision,
             "batch_size": batch_size,
             "device": dev,
-            **acc.params(self, adata.n_vars, match),
+            **acc.params(self, match),
         }
         return out, params
 
@@ -421,29 +423,20 @@ class _Coverage:
         self.below += stats["n_cells_below_min_genes"]
         self.empty += stats["n_cells_without_counts"]
 
-    def params(self, model: ScBERTModel, n_vars: int, match: Any) -> dict[str, Any]:
-        n_matched = len(match.token_ids)
-        cov = {
-            "n_vars": int(n_vars),
-            "n_vars_matched": match.n_matched_vars,
-            "n_genes_matched": n_matched,
+    def params(self, model: ScBERTModel, match: GeneMatch) -> dict[str, Any]:
+        cov = match.coverage(total=self.total, matched=self.matched)
+        model.log_coverage(cov)
+        cov |= {
             "n_model_genes": model.n_genes,
-            "frac_vars_matched": match.n_matched_vars / max(n_vars, 1),
-            "frac_model_genes_present": n_matched / model.n_genes,
-            "frac_counts_matched": self.matched / self.total if self.total > 0 else float("nan"),
-            "gene_id_type": match.id_type,
+            "frac_model_genes_present": match.n_genes_matched / model.n_genes,
             "n_cells_below_200_genes": self.below,
             "n_cells_without_counts": self.empty,
         }
         logger.info(
-            "scBERT gene coverage: %d/%d genes of the data matched, %d of the model's %d genes present (%.1f%%), "
-            "%.1f%% of counts kept",
-            cov["n_vars_matched"],
-            n_vars,
-            n_matched,
+            "scBERT: %d of the model's %d genes are in the data (%.1f%%); the others are zero, as in the reference.",
+            match.n_genes_matched,
             model.n_genes,
             100 * cov["frac_model_genes_present"],
-            100 * cov["frac_counts_matched"],
         )
         if cov["frac_model_genes_present"] < 0.5:
             logger.warning(
@@ -458,17 +451,6 @@ class _Coverage:
                 MIN_GENES,
             )
         return cov
-
-
-def _make_match(ids: list[str | None], column: np.ndarray, token_ids: np.ndarray, id_type: str) -> Any:
-    """The package's gene-match record (genes here are symbols; token ids are positions in the gene list)."""
-    from .geneformer import GeneMatch
-
-    return GeneMatch(ensembl=ids, column=column, token_ids=token_ids, medians=np.ones(len(token_ids)), id_type=id_type)
-
-
-def _match_ids(match: Any) -> list[str | None]:
-    return match.ensembl
 
 
 # ---------------------------------------------------------------------- loading
@@ -487,7 +469,7 @@ def load_scbert(
     """
     import torch
 
-    from ._io import sha256_file
+    from ._io import check_finite, sha256_file
     from ._performer import PerformerConfig, ScBertLM, random_state_dict
     from ._scbert_io import (
         GENE2VEC_FILE,
@@ -523,6 +505,7 @@ def load_scbert(
             raise ValueError(msg)
         cfg = random_config(genes, g2v)
         state = random_state_dict(cfg, g2v, seed)
+        check_finite(state, source=repr(str(g2v_path)))
         weights_id = f"random:{int(seed)}"
         logger.info("scBERT: seeded random weights (seed %d) with the gene list and gene2vec of %s", seed, directory)
     elif weights == "pretrained":
@@ -574,5 +557,8 @@ register_model(
         description="scBERT (PanglaoDB), Performer 6 layers x 10 heads, 200 dims, 16,906 genes in 5 expression bins",
         hub_repo=None,
         needs="raw counts (or log1p-normalised with input='lognorm'); gene symbols",
+        write_random=write_random_checkpoint,
+        vocab_dir="scbert",
+        tiny={"n_genes": 2000, "depth": 1, "heads": 2, "dim_head": 16, "nb_features": 16, "ff_mult": 1},
     )
 )
