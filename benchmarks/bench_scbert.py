@@ -8,7 +8,8 @@ Both sides run in a subprocess each, in the same run, so that cells/s and peak R
 reference side runs when SCFMKIT_REFERENCE_SCBERT (the ``TencentAILabHealthcare/scBERT`` checkout, the folder with
 ``performer_pytorch/``) and SCFMKIT_REFERENCE_PYTHON (an environment with torch, einops, local-attention, scanpy) are
 set, through ``_scbert_reference.py``: ``predict.py``'s loop, one cell at a time. scfmkit runs with ``--batch-size``
-cells per forward pass (attention runs one cell at a time above 2**26 random-feature entries either way). Reported
+cells per forward pass (default 1, like the reference; attention runs one cell at a time above 2**26 random-feature
+entries either way). Reported
 per side: embedding seconds and cells/s (preprocessing and loading timed apart), peak RSS of the process; for
 scfmkit also the peak RSS of a process that only loads the model (so the difference is the forward's working
 memory at 16,906 genes), and the largest difference between the two sides' mean-pooled embeddings.
@@ -38,7 +39,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n-cells", type=int, default=32)
     p.add_argument("--depth", type=int, default=6, help="the released model has 6")
     p.add_argument("--heads", type=int, default=10, help="the released model has 10")
-    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--batch-size", type=int, default=1, help="cells per forward pass (the reference: 1)")
     p.add_argument("--worker", choices=["embed", "load"], help=argparse.SUPPRESS)
     p.add_argument("--ckpt", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--h5ad", type=Path, help=argparse.SUPPRESS)
