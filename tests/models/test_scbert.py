@@ -212,6 +212,10 @@ def test_bad_input_errors(model, cells):
     none.var_names = [f"g{i}" for i in range(cells.n_vars)]
     with pytest.raises(ValueError, match="gene symbols"):
         model.tokenize(none)
+    with pytest.raises(ValueError, match="gene symbols"):
+        model.embed_genes(none, kind="token")
+    with pytest.raises(ValueError, match="`kind`"):
+        model.embed_genes(cells, kind="input")
     with pytest.raises(ValueError, match="pooling"):
         model.embed_cells(cells[:1], pooling="cls_token")
 
@@ -276,3 +280,18 @@ def test_embed_genes(model, cells, forward, golden, tmp_path):
     assert have
     np.testing.assert_allclose(ctx[[idx[model.genes[p]] for p in have]], enc[:5, have].mean(0), atol=1e-5)
     a.write_h5ad(tmp_path / "genes.h5ad")  # uns params are h5ad-writable
+
+
+def test_classification_head(model, forward):
+    import torch
+
+    head = model.classification_head(4, seed=1)
+    again = model.classification_head(4, seed=1)
+    assert "classification" in model.capabilities
+    assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), again.state_dict().values(), strict=True))
+    assert head.fc1.in_features == N_GENES + 1 and head.conv1.kernel_size == (1, 200)
+    with torch.inference_mode():
+        logits = head(torch.from_numpy(forward[0][:2]))
+    assert logits.shape == (2, 4) and torch.isfinite(logits).all()
+    with pytest.raises(ValueError, match="n_classes"):
+        model.classification_head(1)

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 __all__ = [
+    "ClassificationHead",
     "PerformerConfig",
     "ScBertLM",
     "gaussian_orthogonal_random_matrix",
@@ -359,3 +360,30 @@ def random_state_dict(cfg: PerformerConfig, gene2vec: Any, seed: int) -> dict[st
     table = np.concatenate([g2v, np.zeros((1, g2v.shape[1]))], axis=0)
     state["pos_emb.emb.weight"] = torch.from_numpy(table)
     return state
+
+
+class ClassificationHead(nn.Module):
+    """The reference's fine-tuning head (``Identity`` in ``finetune.py``/``predict.py``) on the encoder output.
+
+    A ``1 x dim`` convolution turns each position's encoding into one number (ReLU), then ``fc1`` (positions -> 512),
+    ``fc2`` (512 -> ``h_dim``, 128 in the reference) and ``fc3`` (-> classes), with ReLU and dropout between.
+    Input: the final encodings ``(b, n_genes + 1, dim)``; output: logits ``(b, n_classes)``.
+    """
+
+    def __init__(self, seq_len: int, n_classes: int, *, dim: int = 200, h_dim: int = 128, dropout: float = 0.0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 1, (1, dim))
+        self.act = nn.ReLU()
+        self.fc1 = nn.Linear(seq_len, 512)
+        self.act1 = nn.ReLU()
+        self.dropout1 = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(512, h_dim)
+        self.act2 = nn.ReLU()
+        self.dropout2 = nn.Dropout(dropout)
+        self.fc3 = nn.Linear(h_dim, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.conv1(x[:, None, :, :])).view(x.shape[0], -1)
+        x = self.dropout1(self.act1(self.fc1(x)))
+        x = self.dropout2(self.act2(self.fc2(x)))
+        return self.fc3(x)

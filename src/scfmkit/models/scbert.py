@@ -57,7 +57,7 @@ class ScBERTModel(FoundationModel):
     """
 
     family = "scbert"
-    capabilities = frozenset()
+    capabilities = frozenset({"classification"})
 
     def __init__(
         self,
@@ -108,6 +108,25 @@ class ScBERTModel(FoundationModel):
     def n_genes(self) -> int:
         """Number of model genes (16,906 for the released model)."""
         return len(self.genes)
+
+    def classification_head(self, n_classes: int, *, seed: int = 0, h_dim: int = 128, dropout: float = 0.0) -> Any:
+        """A new, seeded fine-tuning head as the reference's (``finetune.py``): encodings ``(b, n, 200)`` -> logits.
+
+        The reference trains it together with the final LayerNorm and ``performer.net.layers[-2]`` (its code unfreezes
+        the second-to-last Performer layer), on the encoder output of :attr:`module`.
+        """
+        import torch
+
+        from ._performer import ClassificationHead
+
+        if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
+            msg = f"`n_classes` must be an integer >= 2, got {n_classes!r}."
+            raise ValueError(msg)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            return ClassificationHead(
+                self.config.max_seq_len, int(n_classes), dim=self.config.dim, h_dim=h_dim, dropout=dropout
+            )
 
     # ------------------------------------------------------------------ genes
     def match_genes(self, genes: pd.Index | list[str], *, gene_id_type: str = "auto") -> GeneMatch:
@@ -175,13 +194,7 @@ class ScBERTModel(FoundationModel):
             raise ValueError(msg)
         chunk_size = self.check_chunk_size(chunk_size)
         match = match or self.match_adata(adata, gene_key=gene_key, gene_id_type=gene_id_type)
-        if match.n_vars_matched == 0:
-            where = "var_names" if gene_key is None else f"var[{gene_key!r}]"
-            msg = (
-                f"None of the {adata.n_vars} genes in {where} (e.g. {list(adata.var_names[:3])}) is in scBERT's gene "
-                "list, which uses gene symbols (e.g. 'CD3E'). Pass `gene_key=` naming a var column with symbols."
-            )
-            raise ValueError(msg)
+        _require_matches(match, adata, gene_key)
         var_cols = np.flatnonzero(match.column >= 0)
         positions = match.token_ids[match.column[var_cols]]
         X = get_matrix(adata, layer)
@@ -371,7 +384,11 @@ class ScBERTModel(FoundationModel):
         """
         import torch
 
+        if kind not in {"contextual", "token"}:
+            msg = f"`kind` must be 'contextual' or 'token', got {kind!r}."
+            raise ValueError(msg)
         match = self.match_adata(adata, gene_key=gene_key, gene_id_type=gene_id_type)
+        _require_matches(match, adata, gene_key)
         gene_pos = np.array([-1 if g is None else self.gene_index[g] for g in match.gene_ids], np.int64)
         has = gene_pos >= 0
         out = np.full((adata.n_vars, self.hidden_size), np.nan, np.float32)
@@ -379,9 +396,6 @@ class ScBERTModel(FoundationModel):
             table = self.module.pos_emb.emb.weight.detach().float().cpu().numpy()
             out[has] = table[gene_pos[has]]
             return out, {**match.coverage(), "gene_key": gene_key}
-        if kind != "contextual":
-            msg = f"`kind` must be 'contextual' or 'token', got {kind!r}."
-            raise ValueError(msg)
         batch_size = self.resolve_batch_size(batch_size)
         dev = self.resolve_device(device)
         autocast(dev, precision)
@@ -408,6 +422,16 @@ class ScBERTModel(FoundationModel):
             **acc.params(self, match),
         }
         return out, params
+
+
+def _require_matches(match: GeneMatch, adata: AnnData, gene_key: str | None) -> None:
+    if match.n_vars_matched == 0:
+        where = "var_names" if gene_key is None else f"var[{gene_key!r}]"
+        msg = (
+            f"None of the {adata.n_vars} genes in {where} (e.g. {list(adata.var_names[:3])}) is in scBERT's gene "
+            "list, which uses gene symbols (e.g. 'CD3E'). Pass `gene_key=` naming a var column with symbols."
+        )
+        raise ValueError(msg)
 
 
 class _Coverage:
