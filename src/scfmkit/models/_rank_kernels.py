@@ -5,13 +5,17 @@ kernels release the GIL; :func:`run_threaded` splits the cells by their stored e
 numba's ``parallel=True``: numba's OpenMP layer kills a process forked after it ran (multiprocessing's default start
 method on Linux), and its fallback layer aborts when two threads call a kernel at once.
 
-1. :func:`count_kept` counts each cell's entries that will be ranked (gene with a token, value not 0) and sums
-   its matched counts;
-2. :func:`rank` orders each cell's kept entries by descending value, ties in column order, and writes token ids.
+1. :func:`count_kept` counts each cell's entries that will be ranked (every stored entry of a gene with a token,
+   explicitly stored zeros included, as the reference ranks the stored entries of its normalised sparse matrix) and
+   sums its matched counts;
+2. :func:`rank` orders each cell's kept entries by descending value and writes token ids; a cell where two entries of
+   different tokens have the same value is flagged, so that the caller can order it with numpy's own (non-stable)
+   ``argsort``, as the reference does.
 
 The value is the reference's arithmetic, operation by operation and in the same dtypes (no fast-math, so nothing is
-reassociated): ``float64(x * recip * scale) * inv_median`` with ``x``, ``recip`` and ``scale`` in the common dtype of
-the counts and the cell totals.
+reassociated). From a sparse matrix (scipy divides by a dense array as a multiplication by its reciprocal):
+``float64(x * recip * scale) * inv_median`` with ``x``, ``recip`` and ``scale`` in the common dtype of the counts and
+the cell totals. From a dense array (numpy's true division): ``float64((x / n_counts) * scale) / median``.
 
 The per-cell sort is a least-significant-digit radix sort. A comparison sort spends most of its time on mispredicted
 branches (cells are a few thousand values in no useful order); the radix sort has no data-dependent branches. For
@@ -31,8 +35,11 @@ import numpy as np
 
 
 @numba.njit(inline="always")
-def _value(x, r, scale, inv_median):
-    return np.float64(x * r * scale) * inv_median
+def _value(x, r, scale, m, divide):
+    """``r``/``m``: reciprocals of the cell total and of the median (sparse input), else the values (``divide``)."""
+    if divide:
+        return np.float64((x / r) * scale) / m
+    return np.float64(x * r * scale) * m
 
 
 def run_threaded(kernel, indptr: np.ndarray, *args) -> None:
@@ -54,19 +61,15 @@ def run_threaded(kernel, indptr: np.ndarray, *args) -> None:
 
 
 @numba.njit(cache=True, nogil=True)
-def count_kept(first, stop, indptr, data, indices, column, recip, scale, inv_median, kept, matched):
-    """Cells ``first..stop-1``: ``kept`` = entries to rank (gene with a token, value not 0), ``matched`` = counts."""
+def count_kept(first, stop, indptr, data, indices, column, recip, scale, inv_median, divide, kept, matched):
+    """Cells ``first..stop-1``: ``kept`` = stored entries of genes with a token, ``matched`` = their counts."""
     for i in range(first, stop):
         n = 0
         total = 0.0
-        r = recip[i]
         for p in range(indptr[i], indptr[i + 1]):
-            c = column[indices[p]]
-            if c >= 0:
-                x = data[p]
-                total += x
-                if _value(x, r, scale, inv_median[c]) != 0.0:
-                    n += 1
+            if column[indices[p]] >= 0:
+                total += data[p]
+                n += 1
         kept[i] = n
         matched[i] = total
 
@@ -131,14 +134,20 @@ def rank(
     recip,
     scale,
     inv_median,
+    divide,
     kept,
     token_of_col,
     offsets,
     head,
     max_genes,
     out,
+    tied,
 ):
-    """Cells ``first..stop-1``: token ids by descending value, ties in column order, at ``out[offsets[i] + head:]``."""
+    """Cells ``first..stop-1``: token ids by descending value at ``out[offsets[i] + head:]``.
+
+    Equal values are put in column order; ``tied[i]`` is set where equal values belong to different tokens (their
+    order is then numpy's, which the caller applies).
+    """
     for i in range(first, stop):
         size = kept[i]
         if size == 0:
@@ -150,11 +159,9 @@ def rank(
         for p in range(indptr[i], indptr[i + 1]):
             c = column[indices[p]]
             if c >= 0:
-                v = _value(data[p], r, scale, inv_median[c])
-                if v != 0.0:
-                    vals[k] = v
-                    toks[k] = token_of_col[c]
-                    k += 1
+                vals[k] = _value(data[p], r, scale, inv_median[c], divide)
+                toks[k] = token_of_col[c]
+                k += 1
         full = ~vals.view(np.uint64)
         order = _radix_argsort(
             full,
@@ -165,6 +172,11 @@ def rank(
             np.empty(size, np.int32),
             np.empty((4, 256), np.int64),
         )
+        tied[i] = 0
+        for t in range(size - 1):
+            if full[order[t]] == full[order[t + 1]] and toks[order[t]] != toks[order[t + 1]]:
+                tied[i] = 1
+                break
         start = offsets[i] + head
         for t in range(min(size, max_genes)):
             out[start + t] = toks[order[t]]

@@ -1,7 +1,8 @@
 """Geneformer's rank-value encoding as pure array kernels (no AnnData, no torch).
 
-A cell becomes the list of its genes ordered by ``count / total_counts * 10,000 / gene_median`` (descending, genes
-with zero counts dropped), mapped to token ids and truncated to the model's input size.
+A cell becomes the list of its genes ordered by ``count / total_counts * 10,000 / gene_median`` (descending; genes
+with zero counts dropped, but explicitly stored zeros of a sparse matrix ranked last, as the reference does), mapped to
+token ids and truncated to the model's input size.
 """
 
 from __future__ import annotations
@@ -42,19 +43,31 @@ def rank_value_tokenize_counts(
     eos_token: int | None = None,
     column: np.ndarray | None = None,
     out: np.ndarray | None = None,
+    divide: bool = False,
 ) -> tuple[TokenizedCells, np.ndarray, np.ndarray]:
     """Rank-value encode cells; also return each cell's number of ranked genes and its matched counts.
 
-    The value of a gene is ``counts / n_counts * 10,000 / median``, computed bit for bit as the reference does: it
-    evaluates that on a scipy sparse matrix, which divides by a dense array as a multiplication by its reciprocal.
-    So the value is ``x * (1 / n_counts) * 10000`` in the common dtype of the counts and ``n_counts`` (float32 data
-    with float32 totals stays float32), then ``* (1 / median)`` in float64. The exact rounding matters: it decides
-    the order of nearly equal genes. Entries whose value is zero are dropped.
+    The value of a gene is ``counts / n_counts * 10,000 / median``, computed bit for bit as the reference does; the
+    exact rounding matters, it decides the order of nearly equal genes. The reference evaluates that expression on
+    the matrix as it reads it:
+
+    - sparse (``divide=False``): scipy divides by a dense array as a multiplication by its reciprocal, so the value is
+      ``x * (1 / n_counts) * 10000`` in the common dtype of the counts and of ``1 / n_counts`` (float32 data with
+      float32 totals stays float32; integer data become float64), then ``* (1 / median)`` in float64. Every stored
+      entry is ranked: an explicitly stored zero becomes a (last-ranked) token.
+    - dense (``divide=True``, pass the dense rows as CSR without zeros): numpy's true division,
+      ``(x / n_counts) * 10000`` in the dtype numpy gives ``x / n_counts``, then ``/ median`` in float64.
+
+    Genes are ordered by descending value. The reference sorts with numpy's default (non-stable) ``argsort``: on a
+    cell where different genes have exactly the same value (stored zeros, equal counts of genes with equal
+    medians), the same ``np.argsort`` is applied to the same float64 values in the same column order, so ties are
+    broken as the reference breaks them.
 
     Parameters
     ----------
     counts
-        Cells x genes (CSR), raw counts; at most one column per token (duplicates already summed).
+        Cells x genes (CSR), raw counts. Several columns may share a token (via ``column``): they are ranked as
+        separate entries (repeated tokens), as the reference does for duplicated gene ids that it does not sum.
     n_counts
         Total counts of each cell over all its genes (also those the model lacks).
     medians
@@ -66,16 +79,18 @@ def rank_value_tokenize_counts(
     cls_token, eos_token
         Prepended/appended special tokens (Geneformer V2).
     column
-        Token column of each column of ``counts`` (-1: no token), increasing over the matched columns; by default
-        column ``j`` of ``counts`` is token column ``j``. Selecting the matched genes this way avoids a copy.
+        Token column of each column of ``counts`` (-1: no token); by default column ``j`` of ``counts`` is token
+        column ``j``. Selecting the matched genes this way avoids a copy. Genes are taken in the column order of
+        ``counts`` (which decides exact ties, as in the reference).
     out
         Array of dtype :func:`token_dtype` to write the token ids to (from its start); a new one by default.
+    divide
+        The reference read these cells as a dense array (true division), not as a sparse matrix.
 
     Returns
     -------
-    ``(tokens, kept, matched)``: the token ids of every cell, genes in descending order of normalised value, ties in
-    column order (a stable sort); per cell the number of genes ranked (before truncation) and the summed counts of
-    its matched genes.
+    ``(tokens, kept, matched)``: the token ids of every cell, genes in descending order of normalised value; per cell
+    the number of entries ranked (before truncation) and the summed counts of its matched genes.
     """
     from . import _rank_kernels
 
@@ -85,20 +100,28 @@ def rank_value_tokenize_counts(
         msg = f"Cell {bad} has total counts <= 0; remove empty cells (e.g. `sc.pp.filter_cells(adata, min_counts=1)`)."
         raise ValueError(msg)
     counts = sparse.csr_matrix(counts) if not isinstance(counts, sparse.csr_matrix) else counts
-    if not counts.has_sorted_indices:  # ties are broken by column order
+    if not counts.has_sorted_indices:  # genes in column order
         counts = counts.sorted_indices()
     if column is None:
         column = np.arange(counts.shape[1], dtype=np.int64)
     n = counts.shape[0]
-    recip = np.true_divide(1.0, n_counts)
-    dt = np.result_type(counts.dtype, recip.dtype)
+    medians = np.asarray(medians, np.float64)
+    if divide:  # numpy: x / n_counts * 10000 / median
+        dt = np.result_type(counts.dtype, n_counts.dtype)
+        dt = dt if dt.kind == "f" else np.dtype(np.float64)  # true division of integers gives float64
+        per_cell, per_gene = n_counts.astype(dt), medians
+    else:  # scipy: x * (1 / n_counts) * 10000 * (1 / median)
+        per_cell = np.true_divide(1.0, n_counts)
+        dt = np.result_type(counts.dtype, per_cell.dtype)
+        per_cell, per_gene = per_cell.astype(dt, copy=False), np.true_divide(1.0, medians)
     arrays = (
         counts.data.astype(dt, copy=False),
         counts.indices,
         np.asarray(column, np.int64),
-        recip.astype(dt, copy=False),
+        per_cell,
         dt.type(TARGET_SUM),
-        np.true_divide(1.0, np.asarray(medians, np.float64)),
+        per_gene,
+        bool(divide),
     )
     kept = np.empty(n, np.int64)
     matched = np.empty(n, np.float64)
@@ -115,11 +138,28 @@ def rank_value_tokenize_counts(
     else:
         ids = out[: offsets[-1]]
     token_of_col = np.asarray(token_ids).astype(ids.dtype)
+    tied = np.zeros(n, np.uint8)
     _rank_kernels.run_threaded(
-        _rank_kernels.rank, counts.indptr, *arrays, kept, token_of_col, offsets, head, max_genes, ids
+        _rank_kernels.rank, counts.indptr, *arrays, kept, token_of_col, offsets, head, max_genes, ids, tied
     )
+    for i in np.flatnonzero(tied):  # exact ties between different tokens: numpy's argsort, as the reference
+        ids[offsets[i] + head : offsets[i + 1] - tail] = _argsort_cell(counts, i, arrays, token_of_col, max_genes)
     if cls_token is not None:
         ids[offsets[:-1]] = cls_token
     if eos_token is not None:
         ids[offsets[1:] - 1] = eos_token
     return TokenizedCells(ids, offsets), kept, matched
+
+
+def _argsort_cell(counts, i, arrays, token_of_col, max_genes):
+    """Token ids of cell ``i`` ordered by ``np.argsort(-value)`` (the reference's call) on the same float64 values."""
+    data, _, column, per_cell, scale, per_gene, divide = arrays
+    lo, hi = counts.indptr[i], counts.indptr[i + 1]
+    cols = column[counts.indices[lo:hi]]
+    keep = cols >= 0
+    x, cols = data[lo:hi][keep], cols[keep]
+    if divide:
+        value = ((x / per_cell[i]) * scale).astype(np.float64) / per_gene[cols]
+    else:
+        value = (x * per_cell[i] * scale).astype(np.float64) * per_gene[cols]
+    return token_of_col[cols][np.argsort(-value)][:max_genes]
