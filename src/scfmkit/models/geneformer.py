@@ -17,8 +17,9 @@ import pandas as pd
 from scipy import sparse
 
 from .._checks import check_nonnegative_finite, get_matrix
-from .._utils import progress
+from .._utils import logger, progress
 from ._base import FoundationModel, GeneMatch, ModelSpec, autocast, register_model
+from ._geneformer_genes import match_ids
 from ._geneformer_io import GeneformerVocab, detect_variant, read_checkpoint, write_random_checkpoint
 from ._rank_tokenize import TokenizedCells, rank_value_tokenize_counts, token_dtype
 
@@ -110,12 +111,21 @@ class GeneformerModel(FoundationModel):
         )
 
     # ------------------------------------------------------------------ genes
-    def match_genes(self, genes: Sequence[str] | pd.Index, *, gene_id_type: str = "auto") -> GeneMatch:
+    def match_genes(
+        self, genes: Sequence[str] | pd.Index, *, gene_id_type: str = "auto", duplicates: str = "reference"
+    ) -> GeneMatch:
         """Map gene names (Ensembl ids or symbols) onto the model's tokens.
 
-        Symbols go through the model's ``gene_name_id_dict``; with an ``ensembl_mapping_dict`` (V2) ids are then
-        collapsed as the reference tokenizer does (upper-cased lookup). Genes without a token or median are dropped;
-        ``var`` entries that end on the same token are summed later.
+        Symbols go through the model's ``gene_name_id_dict``; V2 ids are then mapped through its
+        ``ensembl_mapping_dict`` as the reference tokenizer does (upper-cased lookup). Genes without a token or median
+        are dropped.
+
+        ``var`` entries that map to the same Ensembl id: with ``duplicates="reference"`` (default) they are treated as
+        the reference tokenizer treats them, for parity with what the pretrained model saw: V1 never sums them, so the
+        gene is ranked twice (a repeated token, plainly a defect of the reference); V2 sums them only when its mapping
+        dictionary merges distinct input ids (``sum_ensembl_ids``), else it repeats them too. A warning names the
+        repeated genes. ``duplicates="sum"`` always sums the counts of entries that share a token (the corrected
+        behaviour; tokens then differ from the reference's on such data).
         """
         genes = pd.Index(genes).astype(str)
         if gene_id_type == "auto":
@@ -131,13 +141,35 @@ class GeneformerModel(FoundationModel):
         else:
             msg = f"`gene_id_type` must be 'auto', 'ensembl' or 'symbol', got {gene_id_type!r}."
             raise ValueError(msg)
-        if self.vocab.id_mapping:
-            mapping = self.vocab.id_mapping
-            ids = [mapping.get(i.upper()) if i is not None else None for i in ids]
-        token_dict, medians = self.vocab.token_dict, self.vocab.medians
-        return GeneMatch.from_ids(
-            ids, lambda g: token_dict[g] if g in token_dict and g in medians else None, gene_id_type
+        match = match_ids(
+            ids,
+            self.vocab.token_dict,
+            self.vocab.medians,
+            self.vocab.id_mapping,
+            special_tokens=self.vocab.special_tokens,
+            id_type=gene_id_type,
+            duplicates=duplicates,
         )
+        if match.duplicated and not match.sum_duplicates:
+            names = {g: [n for n, i in zip(genes, match.gene_ids, strict=True) if i == g] for g in match.duplicated}
+            shown = "; ".join(f"{g}: {', '.join(v)}" for g, v in list(names.items())[:10])
+            logger.warning(
+                "%d gene id(s) occur in several var entries and become repeated tokens, as in the reference %s "
+                "tokenizer (%s%s). Pass `duplicates='sum'` to sum their counts instead.",
+                len(names),
+                self.variant,
+                shown,
+                "; ..." if len(names) > 10 else "",
+            )
+        return match
+
+    def match_adata(
+        self, adata: AnnData, *, gene_key: str | None = None, gene_id_type: str = "auto", duplicates: str = "reference"
+    ) -> GeneMatch:
+        """:meth:`match_genes` on ``adata.var_names`` or the ``var`` column ``gene_key``."""
+        from .._checks import var_names
+
+        return self.match_genes(var_names(adata, gene_key), gene_id_type=gene_id_type, duplicates=duplicates)
 
     def _medians(self, match: GeneMatch) -> np.ndarray:
         """The median of each unique matched gene (float64, in ``match.token_ids`` order)."""
@@ -155,22 +187,31 @@ class GeneformerModel(FoundationModel):
         chunk_size: int = 2048,
         match: GeneMatch | None = None,
         out: np.ndarray | None = None,
+        duplicates: str = "reference",
     ) -> Iterator[tuple[slice, TokenizedCells, dict[str, float]]]:
         """Tokenise ``adata`` chunk by chunk (works on backed AnnData with bounded memory).
 
         Yields ``(rows, tokens, stats)`` where ``stats`` holds the chunk's total and matched counts. With ``out``
         (an array large enough for all cells, as :meth:`tokenize` makes) the chunks' token ids are written one after
         another into it instead of into a new array each.
+
+        The values are computed as the reference computes them on the matrix as stored: a sparse matrix (CSR, CSC)
+        by scipy's multiplication by reciprocals, every stored entry ranked (an explicitly stored zero becomes a
+        last-ranked token); a dense array by numpy's true division; in the dtypes of ``X`` and of ``obs['n_counts']``
+        (the total counts over all genes; by default the row sums of ``X``, in the dtype scipy/numpy sum it).
+        ``duplicates``: see :meth:`match_genes`.
         """
         if input not in {"counts", "lognorm"}:
             msg = f"`input` must be 'counts' or 'lognorm', got {input!r}."
             raise ValueError(msg)
         chunk_size = self.check_chunk_size(chunk_size)
-        match = match or self.match_adata(adata, gene_key=gene_key, gene_id_type=gene_id_type)
+        match = match or self.match_adata(adata, gene_key=gene_key, gene_id_type=gene_id_type, duplicates=duplicates)
         if match.n_vars_matched == 0:
             raise ValueError(_no_match_message(self.name, adata, match, gene_key))
         X = get_matrix(adata, layer)
         n_counts_obs = _n_counts(adata) if input == "counts" else None
+        dense = not (sparse.issparse(X) or getattr(X, "format", None) in {"csr", "csc"})  # backed sparse has .format
+        summed = match.has_duplicates and getattr(match, "sum_duplicates", True)
         special = self.vocab.special_tokens
         cls_id = self.vocab.token_dict["<cls>"] if special else None
         eos_id = self.vocab.token_dict["<eos>"] if special else None
@@ -196,8 +237,8 @@ class GeneformerModel(FoundationModel):
                     f"{names}). Remove empty cells first, e.g. `sc.pp.filter_cells(adata, min_counts=1)`."
                 )
                 raise ValueError(msg)
-            # without duplicated genes the kernel reads the matched columns in place (no copy of the chunk)
-            counts, column = (match.gather(chunk), None) if match.has_duplicates else (chunk, match.column)
+            # unless duplicated genes are summed the kernel reads the matched columns in place (no copy of the chunk)
+            counts, column = (match.gather(chunk), None) if summed else (chunk, match.column)
             tokens, kept, matched = rank_value_tokenize_counts(
                 counts,
                 n_counts,
@@ -208,6 +249,7 @@ class GeneformerModel(FoundationModel):
                 eos_token=eos_id,
                 column=column,
                 out=None if out is None else out[written:],
+                divide=dense,
             )
             written += len(tokens.input_ids)
             empty = np.flatnonzero(kept == 0)
@@ -225,7 +267,10 @@ class GeneformerModel(FoundationModel):
     def tokenize(self, adata: AnnData, **kwargs: Any) -> tuple[TokenizedCells, dict[str, Any]]:
         """Tokenise all cells; returns the tokens (input order) and gene-coverage statistics."""
         match = self.match_adata(
-            adata, gene_key=kwargs.get("gene_key"), gene_id_type=kwargs.pop("gene_id_type", "auto")
+            adata,
+            gene_key=kwargs.get("gene_key"),
+            gene_id_type=kwargs.pop("gene_id_type", "auto"),
+            duplicates=kwargs.pop("duplicates", "reference"),
         )
         # one array for all cells' tokens, sized from the stored entries per cell, that the chunks are written into
         # (its unused end is never touched, so it costs no memory); else a copy of every chunk at the end
@@ -380,6 +425,7 @@ class GeneformerModel(FoundationModel):
         device: str | None = None,
         precision: str = "float32",
         chunk_size: int = 4096,
+        duplicates: str = "reference",
         **kwargs: Any,
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Embed every cell of ``adata`` (see :func:`scfmkit.tl.embed`); returns ``(embeddings, params)``."""
@@ -396,7 +442,7 @@ class GeneformerModel(FoundationModel):
         batch_size = self.resolve_batch_size(batch_size)
         chunk_size = self.check_chunk_size(chunk_size)
         autocast(self.resolve_device(device), precision)  # a wrong name fails before any work
-        match = self.match_adata(adata, gene_key=gene_key, gene_id_type=gene_id_type)
+        match = self.match_adata(adata, gene_key=gene_key, gene_id_type=gene_id_type, duplicates=duplicates)
         out = np.empty((adata.n_obs, self.config.hidden_size), np.float32)
         total = matched = 0.0
         chunks = self.iter_tokenize(
@@ -442,12 +488,13 @@ class GeneformerModel(FoundationModel):
         device: str | None = None,
         precision: str = "float32",
         chunk_size: int = 4096,
+        duplicates: str = "reference",
     ) -> tuple[np.ndarray, dict[str, Any]]:
         """Gene embeddings in ``adata.var`` order (see :func:`scfmkit.tl.embed_genes`)."""
         if kind not in {"contextual", "token"}:
             msg = f"`kind` must be 'contextual' or 'token', got {kind!r}."
             raise ValueError(msg)
-        match = self.match_adata(adata, gene_key=gene_key, gene_id_type=gene_id_type)
+        match = self.match_adata(adata, gene_key=gene_key, gene_id_type=gene_id_type, duplicates=duplicates)
         if match.n_vars_matched == 0:
             raise ValueError(_no_match_message(self.name, adata, match, gene_key))
         h = self.config.hidden_size
