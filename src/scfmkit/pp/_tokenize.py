@@ -29,8 +29,10 @@ def tokenize(
     """Tokenise cells exactly as the model's reference tokenizer does, without running the model.
 
     Every model returns the same type, :class:`scfmkit.models.TokenizedCells`. For Geneformer: each cell's genes
-    ranked by ``count / total * 10,000 / median`` (descending, zero counts dropped, duplicates after id mapping
-    summed), truncated to the input size, with ``<cls>``/``<eos>`` for V2. For scGPT: ``<cls>`` then the cell's
+    ranked by ``count / total * 10,000 / median`` (descending, zero counts dropped but explicitly stored zeros of a
+    sparse matrix ranked last, arithmetic and ties exactly as the reference on the matrix as stored; duplicated gene
+    ids as the reference treats them, see ``duplicates``), truncated to the input size, with ``<cls>``/``<eos>`` for
+    V2. For scGPT: ``<cls>`` then the cell's
     expressed genes with their per-cell quantile bins. Works on backed AnnData chunk by chunk. ``adata`` is not
     modified.
 
@@ -47,9 +49,10 @@ def tokenize(
     mod
         Modality of a MuData.
     **options
-        Geneformer: ``input``, ``gene_id_type``, ``chunk_size``
-        (see :meth:`scfmkit.models.geneformer.GeneformerModel.iter_tokenize`). scGPT: ``max_length``, ``rng``,
-        ``chunk_size`` (see :meth:`scfmkit.models.scgpt.ScGPTModel.tokenize`).
+        Geneformer: ``input``, ``gene_id_type``, ``chunk_size``, ``duplicates`` (``"reference"``: V1 repeats a gene
+        whose id occurs twice, V2 sums only when its id mapping merges ids, with a warning; ``"sum"``: always summed;
+        see :meth:`scfmkit.models.geneformer.GeneformerModel.match_genes` and ``iter_tokenize``). scGPT:
+        ``max_length``, ``rng``, ``chunk_size`` (see :meth:`scfmkit.models.scgpt.ScGPTModel.tokenize`).
 
     Returns
     -------
