@@ -45,14 +45,17 @@ def test_rank_value_tokenize_by_hand():
     assert trunc[1].tolist() == [2, 11, 12, 3]
 
 
-def test_rank_value_ties_keep_column_order():
-    counts = sparse.csr_matrix(np.array([[1.0, 1.0, 1.0, 2.0]]))
+def test_rank_value_ties_as_numpy_argsort():
+    """Exact ties between different genes are ordered as the reference orders them: np.argsort(-values)."""
+    row = np.array([1.0, 1.0, 1.0, 2.0])
+    counts = sparse.csr_matrix(row[None])
     out = rank_value_tokenize(counts, np.array([5.0]), np.ones(4), np.array([5, 6, 7, 8]), max_genes=10)
-    assert out[0].tolist() == [8, 5, 6, 7]
+    assert out[0].tolist() == np.array([5, 6, 7, 8])[np.argsort(-(row / 5.0 * 10000))].tolist()
 
 
 def _oracle(counts, n_counts, medians, tokens, column, max_genes):
-    """The reference's arithmetic in plain numpy and a stable sort per cell: what the compiled kernel must equal."""
+    """The reference's arithmetic in plain numpy, every stored entry (explicit zeros too) ordered by numpy's
+    ``argsort(-value)`` per cell, as the reference: what the compiled kernel must equal."""
     counts = counts.tocsr().sorted_indices()
     recip = np.true_divide(1.0, n_counts)
     dt = np.result_type(counts.dtype, recip.dtype)
@@ -63,9 +66,8 @@ def _oracle(counts, n_counts, medians, tokens, column, max_genes):
         x = counts.data[lo:hi][col >= 0].astype(dt)
         col = col[col >= 0]
         v = (x * recip[i].astype(dt) * dt.type(10_000)).astype(np.float64) * np.true_divide(1.0, medians[col])
-        keep = v != 0
-        order = np.argsort(-v[keep], kind="stable")[:max_genes]
-        out.append(tokens[col[keep][order]])
+        order = np.argsort(-v)[:max_genes]
+        out.append(tokens[col[order]])
     return out
 
 
@@ -78,7 +80,7 @@ def test_rank_value_tokenize_matches_oracle(dtype, totals):
     dense[5] = 0
     dense[5, 3] = 2  # a cell with one gene
     counts = sparse.csr_matrix(dense.astype(dtype))
-    counts.data[::17] = 0  # explicit zeros are dropped
+    counts.data[::17] = 0  # explicit zeros are ranked (last), as the reference ranks stored entries
     counts = sparse.csr_matrix((counts.data, counts.indices, counts.indptr), shape=counts.shape)
     perm = [rng.permutation(np.arange(lo, hi)) for lo, hi in zip(counts.indptr[:-1], counts.indptr[1:], strict=True)]
     perm = np.concatenate(perm)
@@ -221,7 +223,7 @@ def test_symbols_and_ensembl_give_same_tokens(v1, small):
     np.testing.assert_array_equal(tok_sym.input_ids, tok_ens.input_ids)
 
 
-def test_duplicates_are_summed(v1):
+def test_duplicates_repeated_as_the_reference_or_summed(v1, caplog):
     genes = ["CD3E", "CD3E", "MS4A1", "LYZ"]
     X = sparse.csr_matrix(np.array([[3, 4, 5, 1], [1, 0, 2, 9]], dtype=np.float32))
     dup = ad.AnnData(X, var=pd.DataFrame({"symbol": genes}, index=[f"v{i}" for i in range(4)]))
@@ -229,10 +231,16 @@ def test_duplicates_are_summed(v1):
         sparse.csr_matrix(np.array([[7, 5, 1], [1, 2, 9]], dtype=np.float32)),
         var=pd.DataFrame(index=["CD3E", "MS4A1", "LYZ"]),
     )
-    a, cov = fm.pp.tokenize(dup, v1, gene_key="symbol")
+    a, cov = fm.pp.tokenize(dup, v1, gene_key="symbol", duplicates="sum")
     b, _ = fm.pp.tokenize(summed, v1)
     np.testing.assert_array_equal(a.input_ids, b.input_ids)
     assert cov["n_vars_matched"] == 4 and cov["n_genes_matched"] == 3
+    # default: the V1 reference ranks both CD3E entries (a repeated token), with a warning naming the gene
+    with caplog.at_level("WARNING", logger="scfmkit"):
+        rep, _ = fm.pp.tokenize(dup, v1, gene_key="symbol")
+    assert "CD3E" in caplog.text and "repeated tokens" in caplog.text
+    cd3e = v1.vocab.token_dict[v1.vocab.name_to_id["CD3E"]]
+    assert rep[0].tolist().count(cd3e) == 2 and rep[1].tolist().count(cd3e) == 1
 
 
 def test_n_counts_from_obs_is_used(v1, small):
