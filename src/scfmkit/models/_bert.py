@@ -2,7 +2,8 @@
 
 Pure tensor code, no AnnData. Loads HuggingFace ``BertForMaskedLM``/``BertModel`` state dicts, fuses query/key/value
 into one matrix, uses :func:`torch.nn.functional.scaled_dot_product_attention`, and runs only the layers that are
-asked for (the MLM head is never computed).
+asked for. The masked-LM head (``cls.predictions.*``) is an explicit optional part (:class:`BertMLMHead`, built with
+``BertEncoder(..., mlm_head=True)``); embeddings never compute it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ["BertConfig", "BertEncoder", "bert_state_dict_keys", "convert_hf_state_dict"]
+__all__ = [
+    "BertConfig",
+    "BertEncoder",
+    "BertMLMHead",
+    "bert_state_dict_keys",
+    "convert_hf_mlm_head",
+    "convert_hf_state_dict",
+]
 
 _ACT = {"relu": F.relu, "gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu}
 
@@ -81,11 +89,54 @@ class _Layer(nn.Module):
         x = self.ln1(x + self.attn_out(a.transpose(1, 2).reshape(b, n, h)))
         return self.ln2(x + self.out(self.act(self.inter(x))))
 
+    def attention_probs(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The softmax attention weights of this layer on input ``x``: ``(batch, heads, query, key)``."""
+        b, n, h = x.shape
+        q, k, _ = self.qkv(x).view(b, n, 3, self.n_heads, h // self.n_heads).permute(2, 0, 3, 1, 4)
+        scores = q @ k.transpose(-1, -2) / (h // self.n_heads) ** 0.5
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return scores.softmax(-1)
+
+
+class BertMLMHead(nn.Module):
+    """HuggingFace ``BertOnlyMLMHead``: dense, activation, LayerNorm, then the decoder to vocabulary logits.
+
+    The decoder weight is the word-embedding matrix unless the checkpoint stores its own
+    (``cls.predictions.decoder.weight``); the bias is ``cls.predictions.bias``.
+    """
+
+    def __init__(self, cfg: BertConfig) -> None:
+        super().__init__()
+        h = cfg.hidden_size
+        self.dense = nn.Linear(h, h)
+        self.act = _ACT[cfg.hidden_act]
+        self.ln = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
+        self.decoder_weight = nn.Parameter(torch.empty(cfg.vocab_size, h))
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Vocabulary logits ``(..., vocab_size)`` of last-layer hidden states ``(..., hidden)``."""
+        return F.linear(self.ln(self.act(self.dense(hidden))), self.decoder_weight, self.bias)
+
+    def log_odds(self, hidden: torch.Tensor, tokens: torch.Tensor, *, chunk: int = 4096) -> torch.Tensor:
+        """``log p / (1 - p)`` of ``tokens`` ``(m,)`` under the logits of ``hidden`` ``(m, hidden)`` (softmax).
+
+        Computed ``chunk`` rows at a time, so the ``m x vocab_size`` logits are never held at once.
+        """
+        out = []
+        for start in range(0, hidden.shape[0], chunk):
+            z = self(hidden[start : start + chunk]).float()
+            logp = z.gather(1, tokens[start : start + chunk, None]).squeeze(1) - torch.logsumexp(z, 1)
+            # log(1 - p) = log(-expm1(log p)); clamped so that p == 1 in float32 gives a large finite value
+            out.append(logp - torch.log((-torch.expm1(logp)).clamp(min=torch.finfo(torch.float32).tiny)))
+        return torch.cat(out) if out else hidden.new_zeros(0)
+
 
 class BertEncoder(nn.Module):
     """BERT embeddings + the first ``n_layers`` encoder layers (post-LayerNorm, as in HuggingFace BERT)."""
 
-    def __init__(self, cfg: BertConfig, n_layers: int | None = None) -> None:
+    def __init__(self, cfg: BertConfig, n_layers: int | None = None, *, mlm_head: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
         n_layers = cfg.num_hidden_layers if n_layers is None else n_layers
@@ -95,15 +146,27 @@ class BertEncoder(nn.Module):
         self.token_type = nn.Embedding(cfg.type_vocab_size, h)
         self.ln = nn.LayerNorm(h, eps=cfg.layer_norm_eps)
         self.layers = nn.ModuleList(_Layer(cfg) for _ in range(n_layers))
+        if mlm_head and n_layers != cfg.num_hidden_layers:
+            msg = f"The MLM head reads the last layer: build the encoder with all {cfg.num_hidden_layers} layers."
+            raise ValueError(msg)
+        #: the masked-LM head (``None`` unless built with ``mlm_head=True``)
+        self.mlm: BertMLMHead | None = BertMLMHead(cfg) if mlm_head else None
 
     def forward(
-        self, input_ids: torch.Tensor, lengths: torch.Tensor | None = None, return_layers: tuple[int, ...] = ()
-    ) -> torch.Tensor | dict[int, torch.Tensor]:
+        self,
+        input_ids: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        return_layers: tuple[int, ...] = (),
+        *,
+        return_attention: int | None = None,
+    ) -> torch.Tensor | dict[int | str, torch.Tensor]:
         """Hidden states after the last kept layer, ``(batch, seq, hidden)``.
 
         ``lengths`` gives the number of real tokens per row (the rest is padding and is masked out of attention);
         ``None`` means no padding. With ``return_layers``, returns ``{i: hidden states after i layers}`` instead
-        (``0`` is the embedding output, as ``hidden_states[i]`` in HuggingFace).
+        (``0`` is the embedding output, as ``hidden_states[i]`` in HuggingFace). ``return_attention=i`` (1-based
+        layer) adds ``"attention"``: that layer's attention weights ``(batch, heads, query, key)``, as HuggingFace's
+        ``attentions[i - 1]``.
         """
         n = input_ids.shape[1]
         x = self.word(input_ids) + self.position.weight[:n] + self.token_type.weight[0]
@@ -112,12 +175,14 @@ class BertEncoder(nn.Module):
         if lengths is not None and bool((lengths < n).any()):
             keep = torch.arange(n, device=input_ids.device)[None, :] < lengths[:, None]
             mask = keep[:, None, None, :]
-        kept = {0: x} if 0 in return_layers else {}
+        kept: dict[int | str, torch.Tensor] = {0: x} if 0 in return_layers else {}
         for i, layer in enumerate(self.layers, start=1):
+            if return_attention == i:
+                kept["attention"] = layer.attention_probs(x, mask)
             x = layer(x, mask)
             if i in return_layers:
                 kept[i] = x
-        return kept if return_layers else x
+        return kept if (return_layers or return_attention is not None) else x
 
 
 _LAYER_RE = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
@@ -189,6 +254,50 @@ def convert_hf_state_dict(sd: dict[str, torch.Tensor], cfg: BertConfig, n_layers
     n_ckpt_layers = 1 + max((int(m.group(1)) for k in clean if (m := _LAYER_RE.match(k))), default=-1)
     if n_ckpt_layers != cfg.num_hidden_layers:
         msg = f"config.json says {cfg.num_hidden_layers} layers but the weights hold {n_ckpt_layers}."
+        raise ValueError(msg)
+    return out
+
+
+def convert_hf_mlm_head(sd: dict[str, torch.Tensor], cfg: BertConfig) -> dict[str, torch.Tensor]:
+    """Map the ``cls.predictions.*`` weights of a ``BertForMaskedLM`` state dict onto :class:`BertMLMHead`.
+
+    The decoder weight is tied to the word embeddings (HuggingFace's default) unless the checkpoint stores
+    ``cls.predictions.decoder.weight``. Raises ``ValueError`` naming what is missing (e.g. a ``BertModel`` checkpoint,
+    which has no MLM head).
+    """
+    clean = {
+        k.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias"): v
+        for k, v in sd.items()
+    }
+    p = "cls.predictions."
+    names = {
+        "dense.weight": p + "transform.dense.weight",
+        "dense.bias": p + "transform.dense.bias",
+        "ln.weight": p + "transform.LayerNorm.weight",
+        "ln.bias": p + "transform.LayerNorm.bias",
+    }
+    out: dict[str, torch.Tensor] = {}
+    missing = [src for src in names.values() if src not in clean]
+    for ours, theirs in names.items():
+        if theirs in clean:
+            out[ours] = clean[theirs]
+    bias = clean.get(p + "bias", clean.get(p + "decoder.bias"))
+    if bias is None:
+        missing.append(p + "bias")
+    else:
+        out["bias"] = bias
+    weight = clean.get(p + "decoder.weight")
+    if weight is None:
+        weight = clean.get("bert.embeddings.word_embeddings.weight", clean.get("embeddings.word_embeddings.weight"))
+    if weight is None:
+        missing.append("bert.embeddings.word_embeddings.weight")
+    else:
+        out["decoder_weight"] = weight
+    if missing:
+        msg = (
+            f"The checkpoint has no masked-LM head ({', '.join(missing[:4])} missing): it is not a BertForMaskedLM "
+            "checkpoint. Scores that read the MLM head need the released BertForMaskedLM weights."
+        )
         raise ValueError(msg)
     return out
 

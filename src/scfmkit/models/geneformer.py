@@ -2,7 +2,8 @@
 
 The tokeniser follows the reference ``TranscriptomeTokenizer`` and the embeddings the reference ``EmbExtractor``
 token for token and within float tolerance (tests compare against outputs generated with the reference code), but
-cells are batched by length, only the layers up to the requested one run, and the MLM head is never computed.
+cells are batched by length, only the layers up to the requested one run, and the MLM head is computed only where a
+tool asks for it (:meth:`GeneformerModel.encoder` with ``mlm_head=True``, e.g. for gene dependency maps).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class GeneformerModel(FoundationModel):
     """
 
     family = "geneformer"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"in_silico_perturbation"})
+    capabilities: ClassVar[frozenset[str]] = frozenset({"in_silico_perturbation", "gene_dependency"})
 
     def __init__(
         self,
@@ -70,7 +71,7 @@ class GeneformerModel(FoundationModel):
         self.source = source
         self.device = device
         self._state_dict = state_dict
-        self._encoders: dict[tuple[int, str], BertEncoder] = {}
+        self._encoders: dict[tuple[int, str, bool], BertEncoder] = {}
         # the median of every token id (NaN for special tokens), for the tokeniser's normalisation
         self._token_medians = np.full(max(vocab.token_dict.values()) + 1, np.nan)
         for gid, tok in vocab.token_dict.items():
@@ -299,14 +300,20 @@ class GeneformerModel(FoundationModel):
         return cov
 
     # ------------------------------------------------------------------ forward
-    def encoder(self, n_layers: int, device: str) -> BertEncoder:
-        """The BERT encoder truncated to its first ``n_layers`` layers, on ``device`` (cached)."""
-        key = (n_layers, device)
-        if key not in self._encoders:
-            from ._bert import BertEncoder, convert_hf_state_dict
+    def encoder(self, n_layers: int, device: str, *, mlm_head: bool = False) -> BertEncoder:
+        """The BERT encoder truncated to its first ``n_layers`` layers, on ``device`` (cached).
 
-            enc = BertEncoder(self.config, n_layers)
-            enc.load_state_dict(convert_hf_state_dict(self._state_dict, self.config, n_layers))
+        ``mlm_head=True`` (all layers only) also loads the checkpoint's masked-LM head as ``encoder.mlm``.
+        """
+        key = (n_layers, device, mlm_head)
+        if key not in self._encoders:
+            from ._bert import BertEncoder, convert_hf_mlm_head, convert_hf_state_dict
+
+            enc = BertEncoder(self.config, n_layers, mlm_head=mlm_head)
+            weights = convert_hf_state_dict(self._state_dict, self.config, n_layers)
+            if mlm_head:
+                weights |= {f"mlm.{k}": v for k, v in convert_hf_mlm_head(self._state_dict, self.config).items()}
+            enc.load_state_dict(weights)
             self._encoders[key] = enc.eval().to(device)
         return self._encoders[key]
 
