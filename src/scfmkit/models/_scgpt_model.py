@@ -2,8 +2,10 @@
 
 Only the parts that produce embeddings are built: the gene token encoder (embedding + LayerNorm), the continuous
 value encoder (clamp, Linear-ReLU-Linear, LayerNorm) and the stack of post-norm transformer encoder layers
-(self-attention, ReLU feed-forward). Expression/MVC/classification decoders of a checkpoint are recognised and
-ignored. Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention` with a key padding mask.
+(self-attention, ReLU feed-forward). The expression decoder (``decoder.*``, the reference ``ExprDecoder``) is an
+optional head loaded beside the encoder (:func:`expr_decoder_from_state`); MVC/classification decoders of a
+checkpoint are recognised and ignored.
+Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention` with a key padding mask.
 
 Parameter names follow the reference PyTorch layout (``self_attn.in_proj_weight``); checkpoints saved with
 flash-attention (``self_attn.Wqkv.*``, optionally under ``self_attn._impl.``) are renamed on load.
@@ -21,8 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "ExprDecoder",
     "ScGPTConfig",
     "ScGPTEncoder",
+    "expr_decoder_from_state",
     "map_state_dict",
     "random_state_dict",
 ]
@@ -157,6 +161,67 @@ class _EncoderLayer(nn.Module):
         res = x if query_rows is None else x[:, :query_rows]
         x = self.norm1(res + self.self_attn(x, attn_mask, query_rows))
         return self.norm2(x + self._ff(x))
+
+
+class ExprDecoder(nn.Module):
+    """The reference expression decoder (``scgpt.model.model.ExprDecoder``).
+
+    An MLP from each gene's last-layer state to its predicted expression value, optionally with the zero-probability
+    branch (``explicit_zero_prob``).
+
+    Layer names match the checkpoint's ``decoder.fc.*`` / ``decoder.zero_logit.*``; batch labels are not supported.
+    """
+
+    def __init__(self, d_model: int, *, explicit_zero_prob: bool = False) -> None:
+        super().__init__()
+
+        def mlp() -> nn.Sequential:
+            return nn.Sequential(
+                nn.Linear(d_model, d_model),
+                nn.LeakyReLU(),
+                nn.Linear(d_model, d_model),
+                nn.LeakyReLU(),
+                nn.Linear(d_model, 1),
+            )
+
+        self.fc = mlp()
+        self.explicit_zero_prob = explicit_zero_prob
+        if explicit_zero_prob:
+            self.zero_logit = mlp()
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``x``: ``(batch, seq, d_model)`` transformer output; returns ``pred`` (and ``zero_probs``), ``(batch, seq)``.
+
+        As the reference, without sampling: ``pred`` is the value the reference returns as ``mlm_output``.
+        """
+        out = {"pred": self.fc(x).squeeze(-1)}
+        if self.explicit_zero_prob:
+            out["zero_probs"] = torch.sigmoid(self.zero_logit(x).squeeze(-1))
+        return out
+
+
+def expr_decoder_from_state(state: Mapping[str, torch.Tensor], cfg: ScGPTConfig) -> ExprDecoder | None:
+    """The expression decoder of a checkpoint's ``decoder.*`` tensors.
+
+    ``None`` when the checkpoint has none (or one that reads batch labels, which scfmkit does not model).
+    """
+    keys = {canonical_key(k): k for k in state}
+    sub = {new[len("decoder.") :]: state[old] for new, old in keys.items() if new.startswith("decoder.")}
+    if not sub:
+        return None
+    w0 = sub.get("fc.0.weight")
+    if w0 is None or tuple(w0.shape) != (cfg.d_model, cfg.d_model):
+        return None
+    dec = ExprDecoder(cfg.d_model, explicit_zero_prob=any(k.startswith("zero_logit.") for k in sub))
+    wanted = dec.state_dict()
+    bad = [k for k in wanted if k not in sub or tuple(sub[k].shape) != tuple(wanted[k].shape)]
+    if bad:
+        msg = f"The checkpoint's expression decoder is incomplete or mis-shaped ({', '.join(bad[:4])})."
+        raise ValueError(msg)
+    dec.load_state_dict({k: sub[k] for k in wanted})
+    for p in dec.parameters():
+        p.requires_grad_(False)
+    return dec.eval()
 
 
 class _TransformerEncoder(nn.Module):

@@ -55,10 +55,13 @@ class ScGPTModel(FoundationModel):
         The checkpoint's ``args.json``.
     module
         The :class:`torch.nn.Module` computing the encoder (inference only).
+    expr_decoder
+        The reference expression decoder of the checkpoint (``decoder.*``;
+        :class:`~scfmkit.models._scgpt_model.ExprDecoder`), or ``None`` when the checkpoint has none.
     """
 
     family = "scgpt"
-    capabilities: ClassVar[frozenset[str]] = frozenset()
+    capabilities: ClassVar[frozenset[str]] = frozenset({"gene_dependency"})
 
     def __init__(
         self,
@@ -70,8 +73,10 @@ class ScGPTModel(FoundationModel):
         weights_id: str,
         source: str,
         device: str | None = None,
+        expr_decoder: Any = None,
     ) -> None:
         self.module = module.eval()
+        self.expr_decoder = expr_decoder
         self.vocab = vocab
         self.args = args
         self.name = name
@@ -101,6 +106,8 @@ class ScGPTModel(FoundationModel):
         dev = self.resolve_device(device)
         if dev != self._on:
             self.module.to(dev)
+            if self.expr_decoder is not None:
+                self.expr_decoder.to(dev)
             self._on = dev
         return dev
 
@@ -517,7 +524,9 @@ def load_scgpt(
     ``weights="random"`` builds the same architecture and vocabulary with seeded random weights (only ``args.json``
     and ``vocab.json`` are read).
     """
-    from ._scgpt_model import ScGPTConfig, ScGPTEncoder, build_random
+    import torch
+
+    from ._scgpt_model import ScGPTConfig, ScGPTEncoder, _random_heads, build_random, expr_decoder_from_state
 
     if path is None:
         msg = (
@@ -537,12 +546,14 @@ def load_scgpt(
     cfg = ScGPTConfig.from_args(args, ntoken=len(vocab), pad_id=vocab[PAD_TOKEN])
     if weights == "random":
         module = build_random(cfg, seed)
+        # the decoder heads as write_random_checkpoint draws them (same seed), so both random routes agree
+        decoder = expr_decoder_from_state(_random_heads(cfg, torch.Generator().manual_seed(int(seed) + 1)), cfg)
         weights_id = f"random:{int(seed)}"
         logger.info("scGPT: seeded random weights (seed %d) with the vocabulary and args of %s", seed, directory)
     elif weights == "pretrained":
         wpath = find_weights(directory)
         module = ScGPTEncoder(cfg)
-        load_weights(module, wpath)
+        decoder = expr_decoder_from_state(load_weights(module, wpath), cfg)
         from ._io import sha256_file
 
         weights_id = f"sha256:{sha256_file(wpath)}"
@@ -550,7 +561,14 @@ def load_scgpt(
         msg = f"`weights` must be 'pretrained' or 'random', got {weights!r}."
         raise ValueError(msg)
     return ScGPTModel(
-        module, vocab=vocab, args=args, name=name, weights_id=weights_id, source=str(directory), device=device
+        module,
+        vocab=vocab,
+        args=args,
+        name=name,
+        weights_id=weights_id,
+        source=str(directory),
+        device=device,
+        expr_decoder=decoder,
     )
 
 
