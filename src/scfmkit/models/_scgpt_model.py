@@ -279,6 +279,37 @@ class ScGPTEncoder(nn.Module):
             x = layer(x, mask, 1 if (cls_only and last) else None)
         return x[:, 0] if cls_only else x
 
+    def attention(
+        self, tokens: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor, *, layer: int
+    ) -> torch.Tensor:
+        """The softmax attention weights of the 1-based ``layer``: ``(batch, heads, query, key)``.
+
+        The layers before it run as in :meth:`forward`; the weights are those the layer's attention applies (to
+        its normed input under ``pre_norm``).
+        """
+        layers = self.transformer_encoder.layers
+        if not 1 <= layer <= len(layers):
+            msg = f"`layer` must be between 1 and {len(layers)}, got {layer}."
+            raise ValueError(msg)
+        x = self.encoder(tokens) + self.value_encoder(values)
+        mask = self.attention_mask(lengths, tokens.shape[1])
+        for i in range(layer - 1):
+            x = layers[i](x, mask)
+        lay = layers[layer - 1]
+        if lay.pre_norm:
+            x = lay.norm1(x)
+        att = lay.self_attn
+        b, n, d = x.shape
+        q, k, _ = (
+            F.linear(x, att.in_proj_weight, att.in_proj_bias)
+            .view(b, n, 3, att.nhead, d // att.nhead)
+            .permute(2, 0, 3, 1, 4)
+        )
+        scores = q @ k.transpose(-1, -2) / (d // att.nhead) ** 0.5
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return scores.softmax(-1)
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # checkpoint key names

@@ -1,8 +1,9 @@
-"""Tools: embeddings, baselines, perturbation prediction, reference mapping (AnnData/MuData wrappers)."""
+"""Tools: embeddings, baselines, perturbation prediction, gene dependency maps, reference mapping (wrappers)."""
 
 from scfmkit.metrics._summary import summarize_benchmark  # the statistics of a benchmark table
 
 from ._baselines import baselines
+from ._dependency import gene_dependency
 from ._embed import embed, embed_genes
 from ._mapping import map_to_reference
 from ._multimodal import joint_embedding, modality_embedding
