@@ -1,4 +1,4 @@
-"""Metrics: pure array kernels and tidy-DataFrame wrappers (perturbation, integration, label transfer)."""
+"""Metrics: pure array kernels and tidy-DataFrame wrappers (perturbation, integration, label transfer, dependency)."""
 
 from ._celleval import (
     CellSet,
@@ -11,6 +11,14 @@ from ._celleval import (
     mean_absolute_error,
     replicate_score,
     split_halves,
+)
+from ._dependency import (
+    auprc,
+    auroc,
+    de_effects,
+    dependency_validation,
+    edges_truth,
+    measured_effects,
 )
 from ._integration import integration, label_transfer
 from ._perturbation import (
