@@ -52,6 +52,10 @@ def _reference(cells):
     return ref
 
 
+def _top_genes(a, n):
+    return a[:, np.sort(np.argsort(-np.asarray(a.X.sum(0)).ravel())[:n])]
+
+
 # one call of each public function that takes a model; `m` is the loaded model, `a` a fresh copy of the cells
 RECIPES = {
     "align_genes": lambda m, a: fm.pp.align_genes(a, m, copy=True),
@@ -62,8 +66,11 @@ RECIPES = {
         a, _reference(a), label_key="cell_type", model=m, method="knn", k=3, copy=True
     ),
     "geneformer_perturb": lambda m, a: fm.tl.geneformer_perturb(a, m, genes=["CD74"], n_null=0, copy=True),
+    "gene_dependency": lambda m, a: fm.tl.gene_dependency(
+        _top_genes(a, 2000), m, n_genes=2, max_cells=8, scores=(), baselines=("coexpression",), batch_size=4, copy=True
+    ),
 }
-NEEDS = {"geneformer_perturb": "in_silico_perturbation"}
+NEEDS = {"geneformer_perturb": "in_silico_perturbation", "gene_dependency": "gene_dependency"}
 
 
 def _model_functions():

@@ -90,7 +90,8 @@ def gene_dependency(
     rng: int | np.random.Generator | None = 0,
     mod: str | None = "rna",
     key_added: str | None = None,
-) -> pd.DataFrame:
+    copy: bool = False,
+) -> pd.DataFrame | AnnData | MuData:
     """Gene dependency map: the effect on the model's view of each gene j of perturbing a source gene i in silico.
 
     The single-cell version of nucleotide dependency maps (Tomaz da Silva et al., Nat Genet 2025): perturb one
@@ -168,11 +169,14 @@ def gene_dependency(
         Modality of a MuData.
     key_added
         Key of the results (default ``'<family>_dependency'``).
+    copy
+        Write into a copy of ``adata`` and return the copy (the table is in its ``uns['<key>']['edges']``).
 
     Returns
     -------
     A tidy DataFrame of the ``n_top`` strongest edges per source (by ``|score|``): ``source``, ``target``,
-    ``score``, the other score, the baselines and ``n_cells`` (cells that express both). Writes into ``adata``
+    ``score``, the other score, the baselines and ``n_cells`` (cells that express both); with ``copy=True`` the
+    copy instead. Writes into ``adata`` (or the copy)
     (float32 ``n_vars x n_vars`` matrices, rows = sources, NaN for genes that are not sources, that never share a
     cell with the source, or on the diagonal):
 
@@ -181,7 +185,8 @@ def gene_dependency(
       ``varp['<key>_attention']``, ``varp['<key>_<predictor name>']`` as asked;
     - ``varp['<key>_n_cells']``: cells that contributed to each entry;
     - ``uns['<key>']``: ``params`` (model, weights, perturbation, score, layers, cells, forward passes,
-      ``random_weights`` of the random baseline), ``sources`` and ``maps`` (what each ``varp`` key holds).
+      ``random_weights`` of the random baseline), ``sources``, ``n_cells_perturbed`` (per source), ``maps``
+      (what each ``varp`` key holds) and ``edges`` (the returned table).
     """
     from scfmkit import models
     from scfmkit._random import as_generator, as_seed
@@ -339,6 +344,9 @@ def gene_dependency(
     counts[src_var, src_var] = 0
 
     # ---- write (inputs were all checked above)
+    table = _edges(maps, key, counts, src_var, src_names, names, n_top)
+    data = adata.copy() if copy else adata
+    target = get_modality(data, mod)
     for k, v in maps.items():
         target.varp[k] = v
     target.varp[f"{key}_n_cells"] = counts
@@ -367,8 +375,9 @@ def gene_dependency(
         "sources": src_names,
         "n_cells_perturbed": res.n_cells.astype(np.int64),
         "maps": describe,
+        "edges": table,
     }
-    return _edges(maps, key, counts, src_var, src_names, names, n_top)
+    return data if copy else table
 
 
 def _edges(
