@@ -243,23 +243,25 @@ def test_gene_dependency_wrapper(gf_dir, cells, tmp_path):
 
 def test_gene_dependency_scgpt_and_predictor(sg_dir, cells):
     a = cells.copy()
-    a.obs["condition"] = ["control" if i % 3 else "g" for i in range(a.n_obs)]
     genes = list(a.var_names[:3])
     pb_cells = a.copy()
     pb_cells.obs["condition"] = ["control" if i % 4 == 0 else genes[i % 3] for i in range(a.n_obs)]
     pb = fm.pp.pseudobulk_perturbations(pb_cells, n_top_de=3)
-    pred = fm.tl.fit_predictor(pb, method="linear", n_components=2, train=list(pb.obs_names))
+    # two folds: each source is predicted by the fold that did not train on it
+    fold_a = fm.tl.fit_predictor(pb, method="linear", n_components=2, train=["control", genes[1], genes[2]])
+    fold_b = fm.tl.fit_predictor(pb, method="linear", n_components=2, train=["control", genes[0], genes[2]])
     table = fm.tl.gene_dependency(
-        a, str(sg_dir), genes=genes[:2], weights="random", baselines=("coexpression",), predictor=pred
+        a, str(sg_dir), genes=genes, weights="random", baselines=("coexpression",), predictor=[fold_b, fold_a]
     )
     key = "scgpt_dependency"
     assert {key, f"{key}_embedding", f"{key}_coexpression", f"{key}_linear"} <= set(a.varp)
-    src = a.var_names.get_indexer(genes[:2])
-    implied = pred.predict(genes[:2]).to_numpy() - pred.ctrl
+    src = a.var_names.get_indexer(genes)
     lin = a.varp[f"{key}_linear"][src]
-    for r in range(2):
+    for r, fold in ((0, fold_a), (1, fold_b)):
+        implied = fold.predict([genes[r]]).to_numpy()[0] - fold.ctrl
         ok = np.arange(a.n_vars) != src[r]
-        np.testing.assert_allclose(lin[r, ok], implied[r, ok], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(lin[r, ok], implied[ok], rtol=1e-5, atol=1e-6)
+    assert np.isnan(lin[2]).all()  # both folds trained on genes[2]
     assert "linear" in table.columns
 
 
@@ -309,6 +311,7 @@ def test_implied_effects_nan_for_unknown_sources():
     class P:
         var_names = pd.Index(["a", "b"])
         ctrl = np.array([1.0, 2.0])
+        train_genes = [(), ("b",)]
 
         def why_not(self, s):
             return None if s == "a" else "no"

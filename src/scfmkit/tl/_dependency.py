@@ -112,9 +112,9 @@ def gene_dependency(
     same cells; ``"random"``, the same map from the random-weight model of the same architecture and vocabulary
     (seed ``random_seed``; the next seed when the model itself is that random model); ``"attention"``, the
     attention-derived network (the weight of target j's query on source i's key in layer ``attention_layer``,
-    averaged over heads and over the unperturbed cells holding both); and with ``predictor`` (a fitted
-    :class:`~scfmkit.tl.PerturbationPredictor`, e.g. ``fm.tl.fit_predictor(pseudobulk, method="linear")``) the
-    change of j it predicts for perturbing i.
+    averaged over heads and over the unperturbed cells holding both); and with ``predictor`` (fitted
+    :class:`~scfmkit.tl.PerturbationPredictor` folds, e.g. ``fm.tl.fit_predictor(pseudobulk, method="linear")``)
+    the change of j it predicts for perturbing i, from a fold that did not train on i.
 
     Cost: one forward pass of every batch of cells unperturbed plus, per source gene, one forward pass of the cells
     of each batch in which it is perturbed: ``n_cells / batch_size * (1 + n_sources)`` passes at most (twice that
@@ -148,7 +148,9 @@ def gene_dependency(
     baselines
         Any of ``"coexpression"``, ``"random"``, ``"attention"``.
     predictor
-        A fitted perturbation predictor whose implied effects are added (``varp['<key>_<predictor.name>']``).
+        Fitted perturbation predictor(s) whose implied effects are added (``varp['<key>_<predictor.name>']``),
+        held out: each source is predicted by the first predictor (e.g. one per cross-fitting fold) that was not
+        trained on it (NaN where none).
     random_seed
         Seed of the random-weight baseline model.
     attention_layer
@@ -199,8 +201,12 @@ def gene_dependency(
     if n_top < 1 or n_genes < 1:
         msg = f"`n_top` and `n_genes` must be positive, got {n_top} and {n_genes}."
         raise ValueError(msg)
-    if predictor is not None and not getattr(predictor, "fitted", False):
-        msg = "`predictor` must be a fitted perturbation predictor (from `fm.tl.fit_predictor`)."
+    predictors = [] if predictor is None else list(predictor) if isinstance(predictor, list | tuple) else [predictor]
+    if not all(getattr(p, "fitted", False) for p in predictors):
+        msg = "`predictor` must be fitted perturbation predictor(s) (from `fm.tl.fit_predictor`)."
+        raise ValueError(msg)
+    if len({str(getattr(p, "name", "predictor")) for p in predictors}) > 1:
+        msg = "Several `predictor`s must be folds of one method (the same `name`)."
         raise ValueError(msg)
     target = get_modality(adata, mod)
     if target.n_vars > MAX_VARS:
@@ -330,10 +336,14 @@ def gene_dependency(
         full[src_var, src_var] = np.nan
         maps[f"{key}_coexpression"] = full
         describe[f"{key}_coexpression"] = "Spearman correlation across the same cells"
-    if predictor is not None:
-        name = str(getattr(predictor, "name", "predictor"))
+    if predictors:
+        name = str(getattr(predictors[0], "name", "predictor"))
         full = np.full((target.n_vars, target.n_vars), np.nan, np.float32)
-        full[src_var] = implied_effects(predictor, src_names, [str(n) for n in names])
+        full[src_var] = implied_effects(predictors, src_names, [str(n) for n in names])
+        if np.isnan(full[src_var]).all():
+            logger.warning(
+                "No `predictor` can predict a source it was not trained on; fit folds that hold the sources out."
+            )
         full[src_var, src_var] = np.nan
         maps[f"{key}_{name}"] = full
         describe[f"{key}_{name}"] = f"change predicted by the fitted {name} predictor"
@@ -356,7 +366,7 @@ def gene_dependency(
         "score": score,
         "scores": list(scores),
         "baselines": list(baselines),
-        "predictor": None if predictor is None else str(getattr(predictor, "name", "predictor")),
+        "predictor": str(getattr(predictors[0], "name", "predictor")) if predictors else None,
         "random_weights": random_weights,
         "attention_layer": attention_layer if "attention" in baselines else None,
         "emb_layer": emb_layer if fm_model.family == "geneformer" else None,

@@ -411,23 +411,27 @@ def spearman_columns(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return R[:, rows].T @ R
 
 
-def implied_effects(predictor: Any, sources: Sequence[str], targets: Sequence[str]) -> np.ndarray:
-    """The change of each target predicted by a fitted perturbation predictor for perturbing each source alone.
+def implied_effects(predictors: Any, sources: Sequence[str], targets: Sequence[str]) -> np.ndarray:
+    """The change of each target predicted by fitted perturbation predictors for perturbing each source alone.
 
     ``predictor.predict([source]) - control mean`` (e.g. the linear model of Ahlmann-Eltze et al.:
-    ``G W p_source + b``), on the targets the predictor measured; NaN for a source it cannot predict or a target
-    it does not measure.
+    ``G W p_source + b``), on the targets the predictor measured. Held out by construction: a source is predicted
+    by the first of ``predictors`` (one or a list, e.g. the folds of a cross-fit) that did not see it perturbed in
+    training and can predict it; NaN where none can, or for a target no predictor measures.
     """
     import pandas as pd
 
+    if not isinstance(predictors, list | tuple):
+        predictors = [predictors]
     out = np.full((len(sources), len(targets)), np.nan)
-    cols = pd.Index(predictor.var_names).get_indexer(pd.Index(targets))
-    ok = np.flatnonzero(cols >= 0)
-    can = [s for s in sources if predictor.why_not(str(s)) is None]
-    if not can:
-        return out
-    pred = predictor.predict(can).to_numpy(np.float64) - np.asarray(predictor.ctrl)[None, :]
-    pos = {s: i for i, s in enumerate(sources)}
-    for r, s in enumerate(can):
-        out[pos[s], ok] = pred[r, cols[ok]]
+    for r, s in enumerate(sources):
+        for pred in predictors:
+            seen = {g for genes in pred.train_genes for g in genes}
+            if str(s) in seen or pred.why_not(str(s)) is not None:
+                continue
+            cols = pd.Index(pred.var_names).get_indexer(pd.Index(targets))
+            ok = np.flatnonzero(cols >= 0)
+            delta = pred.predict([str(s)]).to_numpy(np.float64)[0] - np.asarray(pred.ctrl)
+            out[r, ok] = delta[cols[ok]]
+            break
     return out
