@@ -99,8 +99,8 @@ def gene_dependency(
         msg = f"varp[{key!r}] has no source rows with values."
         raise ValueError(msg)
     block = M[rows]
-    strength = np.nanmax(np.abs(block) if absolute else block, axis=0)
-    strength[~np.isfinite(strength)] = -np.inf
+    finite = np.isfinite(block)
+    strength = np.where(finite, np.abs(block) if absolute else block, -np.inf).max(0)
     cols = np.argsort(-strength, kind="stable")[:n_targets]
     cols = cols[np.isfinite(strength[cols])]
     block = block[:, cols]
