@@ -322,3 +322,22 @@ def test_implied_effects_nan_for_unknown_sources():
     out = implied_effects(P(), ["a", "z"], ["b", "c", "a"])
     np.testing.assert_allclose(out[0], [0.5, np.nan, 1.0])
     assert np.isnan(out[1]).all()
+
+
+def test_geneformer_gene_shift_matches_reference_isp(gf2_dir, shared_dir, golden_dir):
+    """1 - cos of each gene equals the reference InSilicoPerturber's gene cosine similarities (delete, V2)."""
+    from scfmkit.tl._dependency_kernels import geneformer_dependency_sums
+
+    gold = np.load(golden_dir / "geneformer_isp_gene_shift.npz")
+    model = fm.models.load(str(gf2_dir))
+    a = ad.read_h5ad(shared_dir / "data" / "celltypist_sample_counts_559cells.h5ad")[:16].copy()
+    tokens, _ = model.tokenize(a)
+    np.testing.assert_array_equal(tokens.input_ids, gold["input_ids"])  # the same input as the reference's
+    special = {model.vocab.token_dict["<cls>"], model.vocab.token_dict["<eos>"]}
+    genes = np.array([t not in special for t in gold["affected"]])
+    targets = gold["affected"][genes]
+    res = geneformer_dependency_sums(
+        model, tokens, np.array([int(gold["source"])]), targets, scores=("embedding",), batch_size=4, device="cpu"
+    )
+    np.testing.assert_array_equal(res.counts[0], gold["n_cells"][genes])
+    np.testing.assert_allclose(res.means()["embedding"][0], 1 - gold["mean_cos"][genes], atol=1e-5)
