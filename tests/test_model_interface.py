@@ -67,7 +67,14 @@ RECIPES = {
     ),
     "geneformer_perturb": lambda m, a: fm.tl.geneformer_perturb(a, m, genes=["CD74"], n_null=0, copy=True),
     "gene_dependency": lambda m, a: fm.tl.gene_dependency(
-        _top_genes(a, 2000), m, n_genes=2, max_cells=8, scores=(), baselines=("coexpression",), batch_size=4, copy=True
+        _top_genes(a, 2000),
+        m,
+        n_genes=2,
+        max_cells=8,
+        scores=(),
+        baselines=("coexpression",),
+        batch_size=4,
+        inplace=False,
     ),
 }
 NEEDS = {"geneformer_perturb": "in_silico_perturbation", "gene_dependency": "gene_dependency"}

@@ -239,6 +239,12 @@ def test_gene_dependency_wrapper(gf_dir, cells, tmp_path):
         a.X.toarray() if hasattr(a.X, "toarray") else a.X, before.toarray() if hasattr(before, "toarray") else before
     )
     a.write_h5ad(tmp_path / "dep.h5ad")  # every key h5ad-writable
+    b = cells.copy()
+    only = fm.tl.gene_dependency(
+        b, str(gf_dir), weights="random", genes=info["sources"][:1], scores=(), baselines=(), inplace=False, n_top=5
+    )
+    assert not b.varp and not b.uns and len(only) == 5
+    np.testing.assert_allclose(only["score"], table[table["source"] == info["sources"][0]]["score"], atol=1e-6)
 
 
 def test_gene_dependency_scgpt_and_predictor(sg_dir, cells):

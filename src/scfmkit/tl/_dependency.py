@@ -90,8 +90,8 @@ def gene_dependency(
     rng: int | np.random.Generator | None = 0,
     mod: str | None = "rna",
     key_added: str | None = None,
-    copy: bool = False,
-) -> pd.DataFrame | AnnData | MuData:
+    inplace: bool = True,
+) -> pd.DataFrame:
     """Gene dependency map: the effect on the model's view of each gene j of perturbing a source gene i in silico.
 
     The single-cell version of nucleotide dependency maps (Tomaz da Silva et al., Nat Genet 2025): perturb one
@@ -171,14 +171,15 @@ def gene_dependency(
         Modality of a MuData.
     key_added
         Key of the results (default ``'<family>_dependency'``).
-    copy
-        Write into a copy of ``adata`` and return the copy (the table is in its ``uns['<key>']['edges']``).
+    inplace
+        Write the maps into ``adata`` (default). ``False`` writes nothing and returns the table only (as scanpy's
+        functions that return values).
 
     Returns
     -------
     A tidy DataFrame of the ``n_top`` strongest edges per source (by ``|score|``): ``source``, ``target``,
-    ``score``, the other score, the baselines and ``n_cells`` (cells that express both); with ``copy=True`` the
-    copy instead. Writes into ``adata`` (or the copy)
+    ``score``, the other score, the baselines and ``n_cells`` (cells that express both). With ``inplace`` writes
+    into ``adata``
     (float32 ``n_vars x n_vars`` matrices, rows = sources, NaN for genes that are not sources, that never share a
     cell with the source, or on the diagonal):
 
@@ -355,8 +356,8 @@ def gene_dependency(
 
     # ---- write (inputs were all checked above)
     table = _edges(maps, key, counts, src_var, src_names, names, n_top)
-    data = adata.copy() if copy else adata
-    target = get_modality(data, mod)
+    if not inplace:
+        return table
     for k, v in maps.items():
         target.varp[k] = v
     target.varp[f"{key}_n_cells"] = counts
@@ -387,7 +388,7 @@ def gene_dependency(
         "maps": describe,
         "edges": table,
     }
-    return data if copy else table
+    return table
 
 
 def _edges(
