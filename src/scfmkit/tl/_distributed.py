@@ -35,6 +35,8 @@ __all__ = ["embed_blockwise", "is_dask", "embed_genes_blockwise", "tokenize_bloc
 _STATS = {"geneformer": ("total", "matched"), "scgpt": ("n_cells_subsampled", "n_cells_without_genes")}
 #: options that do not change the numbers beyond float rounding (not part of a store's identity)
 _NOT_IDENTITY = {"device", "batch_size", "chunk_size"}
+#: parameters reduced from the blocks (not known before the run)
+_VOLATILE = {"frac_counts_matched", "n_cells_subsampled", "n_cells_without_genes"}
 
 
 def wants_blockwise(adata: AnnData, layer: str | None, *, block_size: int | None, store: Any = None) -> bool:
@@ -320,7 +322,9 @@ def embed_blockwise(
             "family": model.family,
             "key": key,
             "layer": layer,
-            "options": sanitize_params({k: v for k, v in options.items() if k not in _NOT_IDENTITY}),
+            "params": sanitize_params(
+                {k: v for k, v in template.items() if k not in _NOT_IDENTITY and k not in _VOLATILE}
+            ),
             **inp.identity(),
         }
         bs = _dask.BlockStore(store, key, identity, shape=(inp.n_obs, model.hidden_size), n_stats=len(names))
