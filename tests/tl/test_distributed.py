@@ -197,3 +197,50 @@ def test_store_of_other_run_refused(cells, gf_dir, tmp_path):
 def test_unreachable_scheduler():
     with pytest.raises(ConnectionError, match="Could not reach a dask scheduler"):
         _dask.connect("tcp://127.0.0.1:9", timeout=2)
+
+
+def test_cluster_knn_blockwise(client, reference):
+    import dask.array as da
+
+    emb = reference.obsm["X_geneformer"]
+    ref = reference[:40].copy()
+    ref.obs["cell_type"] = np.where(emb[:40, 0] > np.median(emb[:40, 0]), "a", "b")
+    q0 = reference[40:].copy()
+    q1 = q0.copy()
+    q1.obsm["X_geneformer"] = da.from_array(q0.obsm["X_geneformer"], chunks=(7, -1))
+    kw = {"use_rep": "X_geneformer", "label_key": "cell_type", "k": 5, "copy": True}
+    a, b = fm.tl.map_to_reference(q0, ref, **kw), fm.tl.map_to_reference(q1, ref, **kw)
+    np.testing.assert_array_equal(b.obs["cell_type_pred"], a.obs["cell_type_pred"])
+    np.testing.assert_array_equal(b.obs["cell_type_uncertainty"], a.obs["cell_type_uncertainty"])
+
+
+def test_pca_blockwise(cells):
+    import dask.array as da
+    from scipy import sparse
+
+    lazy = cells.copy()
+    meta = sparse.csr_matrix((0, cells.n_vars), dtype=cells.X.dtype)
+    lazy.X = da.from_array(cells.X, chunks=(16, -1), asarray=False, meta=meta)
+    kw = {"methods": ["pca"], "n_hvg": 200, "n_comps": 8, "copy": True, "rng": 0}
+    a, b = fm.tl.baselines(cells, **kw), fm.tl.baselines(lazy, **kw)
+    np.testing.assert_array_equal(b.uns["baselines"]["hvg"], a.uns["baselines"]["hvg"])
+    x0, x1 = a.obsm["X_pca"], b.obsm["X_pca"]
+    # exact algorithm; the covariance is summed in float32, so agreement is to float32 rounding of the scores
+    np.testing.assert_allclose(x1, x0, atol=1e-5 * np.abs(x0).max())
+    np.testing.assert_allclose(b.uns["pca"]["variance"], a.uns["pca"]["variance"], rtol=1e-5)
+    np.testing.assert_allclose(b.uns["pca"]["variance_ratio"], a.uns["pca"]["variance_ratio"], rtol=1e-5)
+
+
+def test_cli_embed_zarr(cells, gf_dir, reference, tmp_path):
+    import dask.array as da
+
+    from scfmkit._cli import main
+
+    cells.write_zarr(tmp_path / "in.zarr")
+    out = tmp_path / "out.zarr"
+    args = ["embed", str(tmp_path / "in.zarr"), str(out), "--model", str(gf_dir), "--block-size", "30"]
+    assert main([*args, "--workers", "1"]) in (0, None)
+    emb = da.from_zarr(str(out), component="X_geneformer").compute()
+    np.testing.assert_allclose(emb, reference.obsm["X_geneformer"], atol=1e-6)
+    assert main([*args, "--scheduler", "tcp://127.0.0.1:9"]) == 1  # unreachable: clear error, store untouched
+    np.testing.assert_array_equal(da.from_zarr(str(out), component="X_geneformer").compute(), emb)
