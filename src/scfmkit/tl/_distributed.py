@@ -66,7 +66,7 @@ class _Input:
             self.var[gene_key] = var_names(adata, gene_key).to_numpy()
         self.n_counts = None
         if "n_counts" in adata.obs:
-            self.n_counts = np.asarray(adata.obs["n_counts"]).astype(np.float64, copy=False)
+            self.n_counts = np.asarray(adata.obs["n_counts"])  # its own dtype: the tokeniser divides by it as it is
         self.dtype = X.dtype
 
     def obs(self, i: int) -> pd.DataFrame:
@@ -82,7 +82,7 @@ class _Input:
 
         obs = pd.DataFrame(index=pd.Index([], dtype=str))
         if self.n_counts is not None:
-            obs["n_counts"] = np.zeros(0)
+            obs["n_counts"] = np.zeros(0, dtype=self.n_counts.dtype)
         return ad.AnnData(X=sparse.csr_matrix((0, self.n_vars), dtype=self.dtype), obs=obs, var=self.var.copy())
 
     def blocks(self) -> list[Any]:
