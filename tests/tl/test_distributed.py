@@ -98,6 +98,16 @@ def test_lazy_zarr_input(cells, gf_dir, reference, tmp_path):
     assert out.uns["geneformer"]["params"]["blocks"]["n_blocks"] == 4
 
 
+def test_backed_h5ad_input(cells, gf_dir, reference, tmp_path):
+    import anndata as ad
+
+    cells.write_h5ad(tmp_path / "in.h5ad")
+    backed = ad.read_h5ad(tmp_path / "in.h5ad", backed="r")
+    emb, _ = _distributed.embed_blockwise(backed, fm.models.load(str(gf_dir)), block_size=25)
+    np.testing.assert_allclose(emb, reference.obsm["X_geneformer"], atol=1e-6)
+    backed.file.close()
+
+
 def test_gene_chunks_refused(cells, gf_dir):
     import dask.array as da
 
