@@ -87,7 +87,8 @@ def embed(
 
     - ``obsm['X_<family>']``: float32 cells x dims, in input order;
     - ``uns['<family>']['params']``: model name, source, weights (``sha256:...`` or ``random:<seed>``), options,
-      gene coverage and the scfmkit version.
+      gene coverage and the scfmkit version; blockwise runs add ``blocks`` (``block_size``, ``n_blocks``, ``n_obs``,
+      ``store``, ``scheduler``). With ``store`` the embedding is a dask array reading the store.
 
     For a MuData the embedding is also stored as ``mdata.obsm['<mod>:X_<family>']``.
     """
