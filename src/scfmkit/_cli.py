@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import _cli_dask
+
 __all__ = ["main"]
 
 PROG = "scfmkit"
@@ -145,10 +147,6 @@ def _mod(data, mod: str | None) -> str | None:
 def _cmd_embed(args: argparse.Namespace) -> None:
     import scfmkit as fm
 
-    inp = _check_input(args.input)
-    out = _check_output(args.output, [inp], overwrite=args.overwrite, suffixes=_READ_SUFFIXES)
-    data = _read(inp)
-    mod = _mod(data, args.mod)
     options: dict[str, Any] = {}
     if args.input_kind is not None:
         options["input"] = args.input_kind
@@ -156,6 +154,13 @@ def _cmd_embed(args: argparse.Namespace) -> None:
         options["emb_layer"] = args.emb_layer
     if args.pooling is not None:
         options["pooling"] = args.pooling
+    if _cli_dask.wants_zarr(args):
+        _cli_dask.embed_zarr(args, options, CLIError)
+        return
+    inp = _check_input(args.input)
+    out = _check_output(args.output, [inp], overwrite=args.overwrite, suffixes=_READ_SUFFIXES)
+    data = _read(inp)
+    mod = _mod(data, args.mod)
     fm.tl.embed(
         data,
         args.model,
@@ -255,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="cell embeddings with a foundation model (fm.tl.embed)",
         description=(
             "Embed cells with a foundation model and write obsm['X_<family>'] (e.g. X_geneformer) and\n"
-            "uns['<family>']['params'] into OUT. For a .h5mu the modality --mod is embedded and the result is also\n"
+            "uns['<family>']['params'] into OUT. An AnnData IN.zarr is read lazily and embedded block by block\n"
+            "on dask (--scheduler ADDRESS or --workers N) into the zarr store OUT.zarr; running it again resumes.\n"
+            "For a .h5mu the modality --mod is embedded and the result is also\n"
             "stored as mdata.obsm['<mod>:X_<family>']; OUT .h5ad from a .h5mu input holds that modality only.\n"
             "--weights random is the foundationless control (same architecture, real vocabulary)."
         ),
@@ -295,6 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision", choices=["float32", "bfloat16", "float16"], default="float32", help="autocast precision"
     )
     p.add_argument("--key-added", default=None, help="obsm key (default: X_<family>)")
+    _cli_dask.add_arguments(p)
     _common(p)
     p.set_defaults(func=_cmd_embed)
 

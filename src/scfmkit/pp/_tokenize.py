@@ -24,6 +24,7 @@ def tokenize(
     layer: str | None = None,
     gene_key: str | None = None,
     mod: str | None = "rna",
+    block_size: int | None = None,
     **options: Any,
 ) -> tuple[TokenizedCells, dict[str, Any]]:
     """Tokenise cells exactly as the model's reference tokenizer does, without running the model.
@@ -48,6 +49,9 @@ def tokenize(
         ``var`` column with Ensembl ids or symbols (default ``var_names``).
     mod
         Modality of a MuData.
+    block_size
+        Cells per dask task: a dask ``X`` (:func:`anndata.experimental.read_lazy`) or ``block_size`` tokenise
+        blockwise on the active ``dask.distributed`` client; the tokens are identical.
     **options
         Geneformer: ``input``, ``gene_id_type``, ``chunk_size``, ``duplicates`` (``"reference"``: V1 repeats a gene
         whose id occurs twice, V2 sums only when its id mapping merges ids, with a warning; ``"sum"``: always summed;
@@ -61,4 +65,10 @@ def tokenize(
     """
     target = get_modality(adata, mod)
     fm_model = models.load(model, weights="random")
+    from ..tl import _distributed
+
+    if _distributed.wants_blockwise(target, layer, block_size=block_size):
+        return _distributed.tokenize_blockwise(
+            target, fm_model, layer=layer, gene_key=gene_key, block_size=block_size, **options
+        )
     return fm_model.tokenize(target, layer=layer, gene_key=gene_key, **options)

@@ -10,6 +10,7 @@ import numpy as np
 from scipy import sparse
 
 from scfmkit._checks import detect_input, in_memory
+from scfmkit._dask import is_dask
 from scfmkit._random import as_seed
 from scfmkit._settings import settings
 from scfmkit._utils import get_matrix, get_modality, logger, sanitize_params, write_back
@@ -29,7 +30,8 @@ def _lognorm_copy(adata: AnnData, layer: str | None, kind: str) -> AnnData:
     import anndata as ad
     import scanpy as sc
 
-    X = in_memory(get_matrix(adata, layer))
+    X = get_matrix(adata, layer)
+    X = X if is_dask(X) else in_memory(X)
     work = ad.AnnData(X=X.copy(), obs=adata.obs[[]].copy(), var=adata.var[[]].copy())
     if kind == "counts":
         work.X = work.X.astype(np.float32)
@@ -140,7 +142,9 @@ def baselines(
         raise ValueError(msg)
 
     seed = as_seed(rng)
-    X = in_memory(get_matrix(target, layer))  # a backed matrix is read once
+    X = get_matrix(target, layer)
+    # a backed matrix is read once; a lazy (dask) one is checked on its first block, PCA then runs blockwise (_pca)
+    X = X.blocks[0].compute() if is_dask(X) else in_memory(X)
     kind = detect_input(X, what="adata.X" if layer is None else f"layer {layer!r}")
     counts_kind = kind
     if "scvi" in methods:
@@ -228,9 +232,23 @@ def _pca(
         raise ValueError(msg)
     if n < n_comps:
         logger.warning("PCA: using %d components (data is %d x %d), not %d.", n, work.n_obs, work.n_vars, n_comps)
-    sc.pp.pca(work, n_comps=n, random_state=seed, svd_solver="arpack" if sparse.issparse(work.X) else None)
+    if is_dask(work.X):
+        # exact blockwise PCA: scanpy's covariance_eigh sums the Gram matrix and the means over blocks (one pass on
+        # the active dask client), then takes the eigenvectors of the covariance; no dask-ml needed
+        solver = "covariance_eigh"
+    else:
+        solver = "arpack" if sparse.issparse(work.X) else None
+    sc.pp.pca(work, n_comps=n, random_state=seed, svd_solver=solver)
     pca_uns = {k: np.asarray(v) for k, v in work.uns["pca"].items() if k in ("variance", "variance_ratio")}
-    return np.asarray(work.obsm["X_pca"], dtype=np.float32), pca_uns, work.var_names.to_numpy(dtype=str)
+    scores = np.asarray(work.obsm["X_pca"], dtype=np.float32)
+    if solver == "covariance_eigh":
+        # the in-memory solvers' conventions: the largest loading of each component positive (sklearn's svd_flip)
+        # and the unbiased variance (covariance_eigh divides by n, arpack/sklearn by n - 1)
+        pcs = np.asarray(work.varm["PCs"])
+        signs = np.sign(pcs[np.abs(pcs).argmax(axis=0), np.arange(pcs.shape[1])]).astype(np.float32)
+        scores = scores * signs
+        pca_uns["variance"] = pca_uns["variance"] * work.n_obs / (work.n_obs - 1)
+    return scores, pca_uns, work.var_names.to_numpy(dtype=str)
 
 
 def _harmony(pca: np.ndarray, obs, batch_key: str, *, seed: int) -> np.ndarray:

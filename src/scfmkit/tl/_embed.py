@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import models
 from .._utils import check_free_keys, get_modality, logger, sanitize_params, write_back
+from . import _distributed
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -29,6 +30,8 @@ def embed(
     precision: str = "float32",
     mod: str | None = "rna",
     key_added: str | None = None,
+    block_size: int | None = None,
+    store: str | Path | None = None,
     copy: bool = False,
     **model_options: Any,
 ) -> AnnData | MuData | None:
@@ -65,6 +68,14 @@ def embed(
     key_added
         ``obsm`` key (default ``"X_<family>"``, e.g. ``"X_geneformer"``); the ``uns`` key is the same without
         ``X_``. Keys holding another tool's results (scanpy's ``X_pca``/``pca``) are refused, never overwritten.
+    block_size
+        Cells per dask task. A dask ``X`` (e.g. from :func:`anndata.experimental.read_lazy`), ``block_size`` or
+        ``store`` run the model blockwise on the active ``dask.distributed`` client (dask's default scheduler
+        without one), each worker loading the model once; see :doc:`/atlas_scale`. Default: the dask row chunks.
+    store
+        A zarr path the blocks are written into as they finish; ``obsm[key]`` is then a dask array reading it. A
+        rerun with the same store skips finished blocks (resumable); a store of another model, options, cells or
+        block size is refused, nothing overwritten.
     copy
         Return a modified copy instead of writing into ``adata``.
     **model_options
@@ -76,7 +87,8 @@ def embed(
 
     - ``obsm['X_<family>']``: float32 cells x dims, in input order;
     - ``uns['<family>']['params']``: model name, source, weights (``sha256:...`` or ``random:<seed>``), options,
-      gene coverage and the scfmkit version.
+      gene coverage and the scfmkit version; blockwise runs add ``blocks`` (``block_size``, ``n_blocks``, ``n_obs``,
+      ``store``, ``scheduler``). With ``store`` the embedding is a dask array reading the store.
 
     For a MuData the embedding is also stored as ``mdata.obsm['<mod>:X_<family>']``.
     """
@@ -85,17 +97,34 @@ def embed(
     uns_key = key[2:] if key.startswith("X_") else key
     check_free_keys(get_modality(adata, mod), obsm=key, uns=uns_key)
     options = {k: v for k, v in {"emb_layer": emb_layer, "pooling": pooling}.items() if v is not None}
-    emb, params = fm_model.embed_cells(
-        get_modality(adata, mod),
-        layer=layer,
-        gene_key=gene_key,
-        batch_size=batch_size,
-        device=device,
-        precision=precision,
-        **options,
-        **model_options,
-    )
-    _check_finite(emb, fm_model, what="cell embeddings")
+    if _distributed.wants_blockwise(get_modality(adata, mod), layer, block_size=block_size, store=store):
+        emb, params = _distributed.embed_blockwise(
+            get_modality(adata, mod),
+            fm_model,
+            layer=layer,
+            gene_key=gene_key,
+            block_size=block_size,
+            store=store,
+            key=key,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            **options,
+            **model_options,
+        )
+    else:
+        emb, params = fm_model.embed_cells(
+            get_modality(adata, mod),
+            layer=layer,
+            gene_key=gene_key,
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+            **options,
+            **model_options,
+        )
+    if not _distributed.is_dask(emb):  # blockwise runs check each block before it is stored
+        _check_finite(emb, fm_model, what="cell embeddings")
     # everything computed: only now write (a failed call leaves the caller's object as it was)
     data = adata.copy() if copy else adata
     target = get_modality(data, mod)
@@ -118,6 +147,7 @@ def embed_genes(
     device: str | None = None,
     mod: str | None = "rna",
     key_added: str | None = None,
+    block_size: int | None = None,
     copy: bool = False,
     **model_options: Any,
 ) -> AnnData | MuData | None:
@@ -137,6 +167,9 @@ def embed_genes(
         As in :func:`embed`.
     key_added
         ``varm`` key (default ``"<family>_<kind>"``, e.g. ``"geneformer_contextual"``).
+    block_size
+        Cells per dask task for ``kind="contextual"``: a dask ``X`` or ``block_size`` run blockwise as in
+        :func:`embed`, reducing per-block sums and counts of each gene's states.
 
     Returns
     -------
@@ -149,15 +182,27 @@ def embed_genes(
     fm_model = models.load(model, weights=weights, device=device)
     key = key_added or f"{fm_model.family}_{kind}"
     check_free_keys(get_modality(adata, mod), varm=key, uns=key)
-    emb, params = fm_model.embed_genes(
-        get_modality(adata, mod),
-        kind=kind,
-        layer=layer,
-        gene_key=gene_key,
-        batch_size=batch_size,
-        device=device,
-        **model_options,
-    )
+    if kind == "contextual" and _distributed.wants_blockwise(get_modality(adata, mod), layer, block_size=block_size):
+        emb, params = _distributed.embed_genes_blockwise(
+            get_modality(adata, mod),
+            fm_model,
+            layer=layer,
+            gene_key=gene_key,
+            block_size=block_size,
+            batch_size=batch_size,
+            device=device,
+            **model_options,
+        )
+    else:
+        emb, params = fm_model.embed_genes(
+            get_modality(adata, mod),
+            kind=kind,
+            layer=layer,
+            gene_key=gene_key,
+            batch_size=batch_size,
+            device=device,
+            **model_options,
+        )
     _check_finite(emb, fm_model, what="gene embeddings")
     data = adata.copy() if copy else adata
     target = get_modality(data, mod)

@@ -17,10 +17,12 @@ import pandas as pd
 from scipy import sparse
 
 from scfmkit._checks import detect_input, var_names
+from scfmkit._dask import is_dask
 from scfmkit._knn import UNKNOWN, weighted_knn_transfer
 from scfmkit._random import as_seed
 from scfmkit._utils import get_matrix, get_modality, logger, sanitize_params, write_back
 from scfmkit.tl._baselines import _lognorm_copy
+from scfmkit.tl._distributed_knn import weighted_knn_transfer_blockwise
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -145,7 +147,8 @@ def map_to_reference(
     label_key
         Reference ``obs`` column with the labels to transfer (cells with missing labels are not used).
     use_rep
-        ``obsm`` key present in query and reference.
+        ``obsm`` key present in query and reference. A dask array in the query (e.g. from
+        ``fm.tl.embed(..., store=...)``) runs the kNN blockwise on the active dask client (same result).
     model
         ``"pca"`` or a foundation model for :func:`scfmkit.tl.embed`.
     method
@@ -256,7 +259,8 @@ def map_to_reference(
             if use_rep not in a.obsm:
                 msg = f"obsm[{use_rep!r}] is missing in the {name}; compute it in both first (e.g. fm.tl.embed)."
                 raise KeyError(msg)
-        q_emb = np.asarray(query.obsm[use_rep])
+        q_emb = query.obsm[use_rep]  # a dask array stays lazy: the kNN then runs blockwise
+        q_emb = q_emb if is_dask(q_emb) else np.asarray(q_emb)
         r_emb = np.asarray(ref.obsm[use_rep])
         if q_emb.shape[1] != r_emb.shape[1]:
             msg = f"obsm[{use_rep!r}] has {q_emb.shape[1]} dims in the query but {r_emb.shape[1]} in the reference."
@@ -304,7 +308,8 @@ def map_to_reference(
         params["gene_overlap"] = len(genes) / max(len(var_names(ref, gene_key).unique()), 1)
 
     r_lab = np.asarray(r_emb)[labelled]
-    res = weighted_knn_transfer(
+    knn = weighted_knn_transfer_blockwise if is_dask(q_emb) else weighted_knn_transfer
+    res = knn(
         q_emb, r_lab, labels, k=min(k, len(labels)), uncertainty_threshold=uncertainty_threshold, chunk_size=chunk_size
     )
     if proba is not None:  # SCANVI's own classifier
