@@ -95,10 +95,10 @@ def _modality(group, read_elem) -> AnnData:
 
 
 def read_h5mu_legacy(path: str | Path) -> MuData:
-    """Read an old-layout ``.h5mu`` file: each modality with anndata's ``read_elem``, then a new MuData.
+    """Read an old-layout ``.h5mu`` file: each modality with anndata's ``read_elem``, the rest as mudata does.
 
-    Global ``obs``/``var`` columns that are not modality copies (``'<mod>:<col>'``) and global ``uns`` are kept;
-    the modality masks that old files store in the global ``obsm``/``varm`` are rebuilt by mudata.
+    The global elements (``obs``, ``var``, ``obsm``, ``uns``, ...) and the file's ``axis`` go to the
+    :class:`~mudata.MuData` constructor as :func:`mudata.read_h5mu` passes them.
     """
     import h5py
     import mudata
@@ -106,21 +106,12 @@ def read_h5mu_legacy(path: str | Path) -> MuData:
     read_elem = _read_elem()
     with h5py.File(path, "r") as f:
         gmods = f["mod"]
-        names = list(gmods.keys())
+        mods = {m: _modality(gmods[m], read_elem) for m in gmods}
         if "mod-order" in gmods.attrs:
             order = [_as_str(m) for m in gmods.attrs["mod-order"]]
-            if set(order) == set(names):
-                names = order
-        mods = {m: _modality(gmods[m], read_elem) for m in names}
-        obs = read_elem(f["obs"]) if "obs" in f else None
-        var = read_elem(f["var"]) if "var" in f else None
-        uns = read_elem(f["uns"]) if "uns" in f else {}
-    mdata = mudata.MuData(mods)
-    for frame, target in ((obs, mdata.obs), (var, mdata.var)):
-        if frame is None:
-            continue
-        for col in frame.columns:
-            if col not in target.columns and not any(col.startswith(f"{m}:") for m in mods):
-                target[col] = frame[col].reindex(target.index)
-    mdata.uns.update(uns)
-    return mdata
+            if set(order) == set(mods):
+                mods = {m: mods[m] for m in order}
+        parts: dict[str, Any] = {k: read_elem(f[k]) for k in f if k != "mod"}
+        if "axis" in f.attrs:
+            parts["axis"] = int(f.attrs["axis"])
+    return mudata.MuData(mods, **parts)
