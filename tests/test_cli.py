@@ -13,10 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import scfmkit as fm
 from scfmkit._cli import main
 
 warnings.filterwarnings("ignore", category=FutureWarning)
-md.set_options(pull_on_update=False)
+if hasattr(md, "set_options"):  # mudata < 0.4
+    md.set_options(pull_on_update=False)
+else:  # mudata >= 0.4 moved the options to `mudata.settings`
+    md.settings.pull_on_update = False
 
 TINY = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, "seed": 0}
 
@@ -38,7 +42,7 @@ def gf_dir(shared_dir, tmp_path_factory):
 def files(shared_dir, tmp_path_factory):
     """A 60-cell multiome MuData (.h5mu) and its RNA modality (.h5ad) in a temporary folder."""
     d = tmp_path_factory.mktemp("cli_data")
-    mdata = md.read_h5mu(shared_dir / "data" / "pbmc_multiome_rna_atac_1000cells.h5mu")[:60].copy()
+    mdata = fm.datasets.pbmc_multiome(path=shared_dir / "data")[:60].copy()
     mdata.write_h5mu(d / "multiome.h5mu")
     rna = mdata["rna"].copy()
     rna.layers["counts"] = rna.X.copy()
@@ -92,8 +96,6 @@ def test_embed_h5ad(files, gf_dir, tmp_path):
     assert res.obsm["X_geneformer"].shape == (60, 32)
     assert res.uns["geneformer"]["params"]["layer"] == "counts"
     # same numbers as the Python API
-    import scfmkit as fm
-
     ref = ad.read_h5ad(inp)
     fm.tl.embed(ref, str(gf_dir), layer="counts", device="cpu")
     np.testing.assert_allclose(res.obsm["X_geneformer"], ref.obsm["X_geneformer"], rtol=1e-5, atol=1e-6)

@@ -21,7 +21,10 @@ from scipy import sparse
 import scfmkit as fm
 
 warnings.filterwarnings("ignore", category=FutureWarning)
-md.set_options(pull_on_update=False)
+if hasattr(md, "set_options"):  # mudata < 0.4
+    md.set_options(pull_on_update=False)
+else:  # mudata >= 0.4 moved the options to `mudata.settings`
+    md.settings.pull_on_update = False
 
 TINY = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, "seed": 0}
 
@@ -41,7 +44,7 @@ def gf_tiny(shared_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def multiome_base(shared_dir):
-    mdata = md.read_h5mu(shared_dir / "data" / "pbmc_multiome_rna_atac_1000cells.h5mu")
+    mdata = fm.datasets.pbmc_multiome(path=shared_dir / "data")
     keep = np.asarray(mdata["atac"].X.sum(axis=1)).ravel() > 0
     idx = np.flatnonzero(keep)[:120]
     return mdata[idx].copy()
@@ -217,7 +220,7 @@ def test_baselines(mdata):
 def test_metrics_integration_and_label_transfer(cite_base):
     # scib-metrics needs more than 90 neighbours: all 400 cells, the labels of the fixture where known
     cite = fm.datasets.pbmc_cite_mudata()
-    labels = cite_base["rna"].obs["label"].reindex(cite.obs_names).astype(str).replace("nan", "unlabelled")
+    labels = cite_base["rna"].obs["label"].reindex(cite.obs_names).astype(object).fillna("unlabelled").astype(str)
     cite["rna"].obs["label"] = pd.Categorical(labels)
     fm.tl.baselines(cite, ["pca"], n_comps=10, mod="rna")
     before = _others(cite)

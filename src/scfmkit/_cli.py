@@ -79,9 +79,9 @@ def _check_output(path: Path, inputs: Sequence[Path], *, overwrite: bool, suffix
 
 def _read(path: Path):
     if path.suffix == ".h5mu":
-        import mudata as md
+        from .datasets import read_h5mu
 
-        return md.read_h5mu(path)
+        return read_h5mu(path)
     import anndata as ad
 
     return ad.read_h5ad(path)

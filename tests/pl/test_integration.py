@@ -93,3 +93,33 @@ def test_reference_mapping_plot():
     plt.close(fig)
     with pytest.raises(KeyError, match="map_to_reference"):
         fm.pl.reference_mapping(q, ref, label_key="other", show=False)
+
+
+def test_reference_mapping_plot_missing_labels():
+    # NaN reference labels and NaN predictions: named groups in the legend, never a category called "nan"
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(1)
+    lab = pd.Series(rng.choice(["A", "B"], 40), dtype=object)
+    lab.iloc[:5] = np.nan
+    ref = ad.AnnData(obs=pd.DataFrame({"cell_type": pd.Categorical(lab.array)}, index=[f"r{i}" for i in range(40)]))
+    ref.obsm["X_umap"] = rng.normal(size=(40, 2))
+    pred = pd.Series(rng.choice(["A", "B"], 20), dtype=object)
+    pred.iloc[:3] = None
+    q = ad.AnnData(
+        obs=pd.DataFrame(
+            {"cell_type_pred": pred.array, "cell_type_uncertainty": rng.uniform(size=20)},
+            index=[f"q{i}" for i in range(20)],
+        )
+    )
+    q.obsm["X_umap_ref"] = rng.normal(size=(20, 2))
+    obs_before = ref.obs.copy()
+    fig = fm.pl.reference_mapping(q, ref, label_key="cell_type", return_fig=True)
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert legend == ["A", "B", "Unknown", "unlabelled (NaN)"]
+    plt.close(fig)
+    fig = fm.pl.reference_mapping(q, ref, label_key="cell_type", show_reference_labels=False, return_fig=True)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["A", "B", "Unknown"]
+    plt.close(fig)
+    pd.testing.assert_frame_equal(ref.obs, obs_before)

@@ -143,3 +143,19 @@ def test_mudata(counts):
     fm.tl.baselines(md, ("random", "pca"), n_hvg=50, n_comps=5)
     assert md["rna"].obsm["X_pca"].shape == (counts.n_obs, 5)
     assert md.obsm["rna:X_pca"].shape == (counts.n_obs, 5)
+
+
+@pytest.mark.parametrize("methods", [("pca",), ("random", "pca", "harmony")])
+@pytest.mark.parametrize("kind", ["categorical", "object"])
+def test_nan_batch_labels_raise(counts, methods, kind):
+    # pandas < 3 turned NaN into a batch called "nan" (astype(str)); pandas 3 keeps it missing. Neither is silent here.
+    if "harmony" in methods:
+        pytest.importorskip("harmonypy")
+    batch = counts.obs["batch"].astype(object)
+    batch.iloc[[3, 7]] = np.nan
+    counts.obs["batch"] = pd.Categorical(batch) if kind == "categorical" else batch
+    obs_before = counts.obs.copy()
+    with pytest.raises(ValueError, match=r"obs\['batch'\] \(the batch_key\) has 2 missing value"):
+        fm.tl.baselines(counts, methods, batch_key="batch", n_hvg=50, n_comps=5)
+    assert not counts.obsm and "baselines" not in counts.uns
+    pd.testing.assert_frame_equal(counts.obs, obs_before)

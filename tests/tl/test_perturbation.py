@@ -347,6 +347,22 @@ def test_geneformer_perturb_overexpress_goal(tiny_gf, gf_cells):
     assert "mean_goal_shift" in cells.uns["oe"]["summary"]
 
 
+def test_geneformer_perturb_goal_with_missing_states(tiny_gf, gf_cells):
+    # cells without a state (NaN) are neither goal nor start, on pandas 2 ("nan" under astype(str)) and 3 alike
+    cells = gf_cells.copy()
+    state = cells.obs["state"].astype(object)
+    state.iloc[:3] = np.nan
+    cells.obs["state"] = state
+    genes = [str(cells.var_names[1])]
+    fm.tl.geneformer_perturb(
+        cells, tiny_gf, genes=genes, mode="overexpress", goal_key="state", goal="B", n_null=0, rng=1, key_added="oe"
+    )
+    start = (cells.obs["state"] == "A").to_numpy()
+    assert cells.obs.loc[start, "oe_goal_shift"].notna().all()
+    assert cells.obs.loc[~start, "oe_goal_shift"].isna().all()
+    assert cells.obs["state"].isna().sum() == 3  # the caller's column untouched
+
+
 @pytest.mark.parametrize(
     ("kwargs", "err", "match"),
     [

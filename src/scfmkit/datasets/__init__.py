@@ -4,6 +4,7 @@ Each loader looks for its file in ``path``, then ``$SCFMKIT_DATA_DIR`` (:attr:`s
 download cache, and downloads it when it has a public address. Every file is checked against its sha256.
 """
 
+from ._h5mu import read_h5mu
 from ._loaders import (
     celltypist_sample,
     kang2018,
@@ -32,4 +33,5 @@ __all__ = [
     "pbmc_cite",
     "pbmc_cite_mudata",
     "pbmc_multiome",
+    "read_h5mu",
 ]

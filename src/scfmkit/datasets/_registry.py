@@ -170,16 +170,36 @@ def _download(url: str, dest: Path, entry: DatasetFile, *, verify: bool) -> Path
 
 
 def load(name: str, *, path: str | Path | None = None, backed: str | None = None):
-    """Read dataset ``name`` as AnnData (``.h5ad``) or MuData (``.h5mu``)."""
+    """Read dataset ``name`` as AnnData (``.h5ad``) or MuData (``.h5mu``).
+
+    ``.h5mu`` files written by older muon versions are read through :func:`~scfmkit.datasets.read_h5mu`, which
+    also works with mudata >= 0.4.
+    """
     p = fetch(name, path=path)
     if p.suffix == ".h5mu":
-        import mudata
+        from ._h5mu import read_h5mu
 
-        return mudata.read_h5mu(p, backed=backed)
+        return read_h5mu(p, backed=backed)
     if p.suffix == ".csv":
         import pandas as pd
 
         return pd.read_csv(p, header=None)
+    return _read_h5ad(p, backed=backed)
+
+
+def _read_h5ad(path: Path, *, backed: str | None = None):
+    """``anndata.read_h5ad`` without the warnings about the old file layout of some registered files.
+
+    Files such as the CITE-seq and Kang 2018 ones were written by old anndata versions (elements without encoding
+    metadata, categories in ``uns``): anndata reads them correctly but warns (``OldFormatWarning``, and a
+    ``FutureWarning`` when it moves ``uns['neighbors']`` graphs to ``obsp``). The user cannot act on these for a
+    registered file, so they are silenced here, around this read only.
+    """
+    import warnings
+
     import anndata as ad
 
-    return ad.read_h5ad(p, backed=backed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ad.OldFormatWarning)
+        warnings.filterwarnings("ignore", message=r"Moving element from \.uns\['neighbors'\]", category=FutureWarning)
+        return ad.read_h5ad(path, backed=backed)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from .._labels import obs_strings
 from ._utils import finish
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ __all__ = ["integration", "reference_mapping"]
 _AGG = "Aggregate score"
 _TYPE_ORDER = ("Bio conservation", "Batch correction")
 _UNKNOWN = "Unknown"
+_UNLABELLED = "unlabelled (NaN)"
 
 
 def integration(
@@ -232,7 +234,8 @@ def reference_mapping(
     Returns
     -------
     The figure when ``return_fig=True``, else ``None``. Reference cells are drawn in light grey under the query
-    panels; ``Unknown`` predictions in black.
+    panels; ``Unknown`` predictions (and missing ones) in black; reference cells without a label (NaN) in grey as
+    ``unlabelled (NaN)``.
     """
     import matplotlib as mpl
     import matplotlib.pyplot as plt
@@ -247,13 +250,14 @@ def reference_mapping(
         raise KeyError(msg)
     r_xy = _embedding(reference, basis, "reference")
     q_xy = _embedding(adata, query_basis, "query")
-    r_lab = reference.obs[label_key].astype(str).to_numpy()
-    q_pred = adata.obs[pred_key].astype(str).to_numpy()
+    r_lab = obs_strings(reference.obs, label_key, what="reference label_key", fill=_UNLABELLED)
+    q_pred = obs_strings(adata.obs, pred_key, what="predicted label", fill=_UNKNOWN)
     q_unc = adata.obs[unc_key].to_numpy(dtype=float)
-    cats = sorted(set(r_lab) | (set(q_pred) - {_UNKNOWN}))
+    cats = sorted((set(r_lab) - {_UNLABELLED}) | (set(q_pred) - {_UNKNOWN}))
     palette = mpl.colormaps["tab20" if len(cats) > 10 else "tab10"]
     colors = {c: palette(i % palette.N) for i, c in enumerate(cats)}
     colors[_UNKNOWN] = (0.0, 0.0, 0.0, 1.0)
+    colors[_UNLABELLED] = (0.6, 0.6, 0.6, 1.0)
     s = size if size is not None else max(2.0, min(30.0, 12000 / (len(r_xy) + len(q_xy))))
 
     n_panels = 3 if show_reference_labels else 2
@@ -277,6 +281,8 @@ def reference_mapping(
         ax.set_xlabel(f"{basis.removeprefix('X_')}1")
         ax.set_ylabel(f"{basis.removeprefix('X_')}2")
     present = [c for c in cats if c in set(r_lab) | set(q_pred)] + ([_UNKNOWN] if _UNKNOWN in set(q_pred) else [])
+    if show_reference_labels and _UNLABELLED in set(r_lab):
+        present.append(_UNLABELLED)
     handles = [mpl.lines.Line2D([], [], ls="", marker="o", color=colors[c], label=c) for c in present]
     ax_pred.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, fontsize=7)
     fig.tight_layout()

@@ -11,6 +11,7 @@ from scipy import sparse
 
 from scfmkit._checks import detect_input, in_memory
 from scfmkit._dask import is_dask
+from scfmkit._labels import obs_strings
 from scfmkit._random import as_seed
 from scfmkit._settings import settings
 from scfmkit._utils import get_matrix, get_modality, logger, sanitize_params, write_back
@@ -73,7 +74,8 @@ def baselines(
         ``"scvi"`` (scvi-tools SCVI on the raw counts of ``seurat_v3`` HVGs, ``batch_key`` as batch covariate) and
         ``"harmony"`` (harmonypy on the PCA, needs ``batch_key`` and ``pip install harmonypy``).
     batch_key
-        ``obs`` column with the batch (used for HVG selection, scVI and Harmony).
+        ``obs`` column with the batch (used for HVG selection, scVI and Harmony). Missing values (NaN) raise an
+        error: label or drop those cells first.
     layer
         Layer with the values (default ``adata.X``): raw counts or log-normalised values, detected automatically.
         With counts, PCA runs on ``log1p(normalize_total(counts, 1e4))`` of a copy.
@@ -125,9 +127,7 @@ def baselines(
         raise ValueError(msg)
     data = adata.copy() if copy else adata
     target = get_modality(data, mod)
-    if batch_key is not None and batch_key not in target.obs:
-        msg = f"batch_key {batch_key!r} is not an obs column; available: {list(target.obs.columns)}."
-        raise KeyError(msg)
+    batches = None if batch_key is None else obs_strings(target.obs, batch_key, what="batch_key")
     if "harmony" in methods:
         if batch_key is None:
             msg = "Harmony needs a batch: pass `batch_key=` (an obs column)."
@@ -181,13 +181,14 @@ def baselines(
         if "pca" in methods:
             results["pca"] = pca
         if "harmony" in methods:
-            results["harmony"] = _harmony(pca, target.obs, batch_key, seed=seed)
+            results["harmony"] = _harmony(pca, batches, batch_key, seed=seed)
 
     if "scvi" in methods:
         latent, scvi_params, hvg_scvi = _scvi(
             target,
             counts_layer if counts_layer is not None else layer,
             batch_key=batch_key,
+            batches=batches,
             n_hvg=n_hvg,
             n_latent=n_latent,
             max_epochs=max_epochs,
@@ -251,11 +252,11 @@ def _pca(
     return scores, pca_uns, work.var_names.to_numpy(dtype=str)
 
 
-def _harmony(pca: np.ndarray, obs, batch_key: str, *, seed: int) -> np.ndarray:
+def _harmony(pca: np.ndarray, batches: np.ndarray, batch_key: str, *, seed: int) -> np.ndarray:
     import harmonypy
     import pandas as pd
 
-    meta = pd.DataFrame({batch_key: obs[batch_key].astype(str).to_numpy()})
+    meta = pd.DataFrame({batch_key: batches})
     ho = harmonypy.run_harmony(np.asarray(pca, dtype=np.float64), meta, [batch_key], random_state=seed, verbose=False)
     Z = np.asarray(ho.Z_corr)
     if Z.shape[0] != pca.shape[0]:
@@ -268,6 +269,7 @@ def _scvi(
     layer: str | None,
     *,
     batch_key: str | None,
+    batches: np.ndarray | None,
     n_hvg: int,
     n_latent: int,
     max_epochs: int | None,
@@ -283,7 +285,7 @@ def _scvi(
     work = ad.AnnData(X=X.copy(), obs=adata.obs[[]].copy(), var=adata.var[[]].copy())
     work.layers["counts"] = work.X
     if batch_key is not None:
-        work.obs[batch_key] = adata.obs[batch_key].astype(str).to_numpy()
+        work.obs[batch_key] = batches
     n_top = min(n_hvg, work.n_vars)
     if n_top < work.n_vars:
         try:

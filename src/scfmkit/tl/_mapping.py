@@ -19,6 +19,7 @@ from scipy import sparse
 from scfmkit._checks import detect_input, var_names
 from scfmkit._dask import is_dask
 from scfmkit._knn import UNKNOWN, weighted_knn_transfer
+from scfmkit._labels import obs_strings
 from scfmkit._random import as_seed
 from scfmkit._utils import get_matrix, get_modality, logger, sanitize_params, write_back
 from scfmkit.tl._baselines import _lognorm_copy
@@ -439,9 +440,8 @@ def _scarches_space(
             raise ValueError(msg)
     bkey, lkey, unlabeled = "_scfmkit_batch", "_scfmkit_label", "_scfmkit_unlabeled"
     r_ad = _subset_genes(ref, var_names(ref, gene_key).unique(), gene_key, reference_layer)
-    r_ad.obs[bkey] = ref.obs[batch_key].astype(str).to_numpy() if batch_key is not None else "reference"
-    lab = ref.obs[label_key].astype(object).where(ref.obs[label_key].notna(), unlabeled).astype(str).to_numpy()
-    r_ad.obs[lkey] = lab
+    r_ad.obs[bkey] = obs_strings(ref.obs, batch_key, what="batch_key") if batch_key is not None else "reference"
+    r_ad.obs[lkey] = obs_strings(ref.obs, label_key, what="label_key", fill=unlabeled)
     n_top = min(n_hvg, r_ad.n_vars)
     if n_top < r_ad.n_vars:
         sc.pp.highly_variable_genes(r_ad, n_top_genes=n_top, flavor="seurat_v3")
@@ -450,7 +450,8 @@ def _scarches_space(
     shared = r_ad.var_names[r_ad.var_names.isin(genes)]
     q_ad = _subset_genes(query, shared, gene_key, layer)
     q_ad.X = sparse.csr_matrix(q_ad.X, dtype=np.float32)
-    q_batch = query.obs[batch_key].astype(str).to_numpy() if batch_key is not None and batch_key in query.obs else None
+    has_batch = batch_key is not None and batch_key in query.obs
+    q_batch = obs_strings(query.obs, batch_key, what="query batch_key") if has_batch else None
     q_ad.obs[bkey] = q_batch if q_batch is not None else "query"
     q_ad.obs[lkey] = unlabeled
 

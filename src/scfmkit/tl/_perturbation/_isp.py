@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from scfmkit._labels import obs_strings
 from scfmkit._random import as_generator
 from scfmkit._utils import get_modality, logger, progress, sanitize_params
 
@@ -189,7 +190,7 @@ def geneformer_perturb(
     mode
         ``"delete"`` or ``"overexpress"``.
     goal_key, goal
-        ``obs`` column and value of the goal state (optional).
+        ``obs`` column and value of the goal state (optional). Cells with no value (NaN) are neither goal nor start.
     start
         Value of ``obs[goal_key]`` of the cells to perturb (default: every cell not in the goal state; without a
         goal, every cell).
@@ -242,12 +243,13 @@ def geneformer_perturb(
         if goal_key not in target.obs:
             msg = f"`goal_key={goal_key!r}` is not an obs column; available: {list(target.obs.columns)}."
             raise KeyError(msg)
-        states = target.obs[goal_key].astype(str).to_numpy()
-        is_goal = states == str(goal)
+        known = target.obs[goal_key].notna().to_numpy()  # cells without a state are neither goal nor start
+        states = obs_strings(target.obs, goal_key, what="goal_key", fill="")
+        is_goal = known & (states == str(goal))
         if not is_goal.any():
-            msg = f"No cell has obs[{goal_key!r}] == {goal!r}; values: {sorted(set(states))[:10]}."
+            msg = f"No cell has obs[{goal_key!r}] == {goal!r}; values: {sorted(set(states[known]))[:10]}."
             raise ValueError(msg)
-        is_start = (states == str(start)) if start is not None else ~is_goal
+        is_start = known & ((states == str(start)) if start is not None else ~is_goal)
         if not is_start.any():
             msg = f"No start cells (obs[{goal_key!r}] == {start!r})."
             raise ValueError(msg)
