@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from scfmkit._labels import obs_strings
 from scfmkit._utils import get_matrix, get_modality, logger
 
 from ._celleval import CellSet
@@ -84,7 +85,7 @@ def cell_set(cells: AnnData | MuData, data: AnnData, *, mod: str | None = "rna")
         X = tmp.X
     if not np.array_equal(pos, np.arange(var.size)):
         X = X[:, pos]  # genes put in the pseudobulk's order
-    labels = src.obs[key].astype(str).to_numpy()
+    labels = obs_strings(src.obs, key, what="perturbation_key")  # NaN labels: a clear error (pandas 3 safe)
     out = CellSet(X, labels, control)
     ctrl = data.var["control_mean"].to_numpy(dtype=np.float64)
     got = out.mean(control)

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
+from scfmkit._labels import obs_strings
+
 if TYPE_CHECKING:
     from anndata import AnnData
 
@@ -60,7 +62,7 @@ def cell_values(
         tot = X.sum(1, keepdims=True)
         tot[tot == 0] = 1.0
         X = np.log1p(X / tot * float(params.get("target_sum") or 1e4))
-    labels = cells.obs[key].astype(str).to_numpy()
+    labels = obs_strings(cells.obs, key, what="perturbation_key")  # NaN labels: a clear error (pandas 3 safe)
     is_ctrl = labels == control
     if is_ctrl.sum() < min_control:
         msg = (

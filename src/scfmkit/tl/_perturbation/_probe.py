@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from scfmkit._labels import obs_strings
 from scfmkit._random import as_generator
 from scfmkit._utils import logger
 
@@ -72,7 +73,7 @@ class _ProbeBase(PerturbationPredictor):
         # deletion or overexpression per condition, from obs['perturbation_type'] when mode="auto"
         self._modes: dict[str, str] = {}
         types = (
-            cells.obs["perturbation_type"].astype(str).str.lower().to_numpy()
+            np.char.lower(obs_strings(cells.obs, "perturbation_type", what="perturbation_type", fill="").astype(str))
             if "perturbation_type" in cells.obs
             else None
         )
