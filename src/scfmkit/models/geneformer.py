@@ -219,9 +219,10 @@ class GeneformerModel(FoundationModel):
         eos_id = self.vocab.token_dict["<eos>"] if special else None
         max_genes = self.input_size - (2 if special else 0)
         written = 0
+        backed = _BackedCSRReader.of(X)
         for start in range(0, adata.n_obs, chunk_size):
             rows = slice(start, min(start + chunk_size, adata.n_obs))
-            chunk = _row_block(X, rows)
+            chunk = backed.read(rows) if backed is not None else _row_block(X, rows)
             _check_values(chunk, input=input, layer=layer, offset=start)
             if input == "lognorm":
                 chunk = chunk.copy()
@@ -563,6 +564,53 @@ def _stored_per_row(X: Any) -> np.ndarray | None:
     if getattr(X, "format", None) == "csr" and hasattr(X, "group"):  # anndata's backed CSR dataset
         return np.diff(X.group["indptr"][:])
     return None
+
+
+class _BackedCSRReader:
+    """Row blocks of a backed (h5py) CSR matrix read straight from the file into reused buffers.
+
+    Reads ``indptr`` once and each block's ``data``/``indices`` with ``read_direct`` into two arrays that grow to the
+    largest block and are then reused, so each chunk costs the file read itself: no per-call validation, no fresh
+    allocation (and first-touch page faults) per chunk, and memory bounded by one block. A block is valid until the
+    next :meth:`read` (the tokeniser consumes it before asking for the next).
+    """
+
+    def __init__(self, group: Any, shape: tuple[int, int]) -> None:
+        self.data, self.indices = group["data"], group["indices"]
+        self.indptr = np.asarray(group["indptr"][:], np.int64)
+        self.n_cols = shape[1]
+        self._buf: tuple[np.ndarray, np.ndarray] | None = None
+
+    @classmethod
+    def of(cls, X: Any) -> _BackedCSRReader | None:
+        """A reader for anndata's backed CSR dataset on an HDF5 file, else ``None`` (use :func:`_row_block`)."""
+        if getattr(X, "format", None) != "csr" or not hasattr(X, "group"):
+            return None
+        group = X.group
+        needed = ("data", "indices", "indptr")
+        if not all(hasattr(group.get(k), "read_direct") for k in needed):  # not h5py (e.g. zarr)
+            return None
+        if group["data"].dtype not in (np.float32, np.float64, np.int32, np.int64, np.uint16, np.uint32):
+            return None  # e.g. float16, which scipy.sparse cannot hold: the generic path converts it
+        return cls(group, tuple(X.shape))
+
+    def read(self, rows: slice) -> sparse.csr_matrix:
+        lo, hi = int(self.indptr[rows.start]), int(self.indptr[rows.stop])
+        n = hi - lo
+        if self._buf is None or len(self._buf[0]) < n:
+            self._buf = (np.empty(n, self.data.dtype), np.empty(n, self.indices.dtype))
+        data, indices = self._buf[0][:n], self._buf[1][:n]
+        if n:
+            self.data.read_direct(data, np.s_[lo:hi])
+            self.indices.read_direct(indices, np.s_[lo:hi])
+        indptr = self.indptr[rows.start : rows.stop + 1] - lo
+        if indices.dtype == np.int32 and n < 2**31:
+            indptr = indptr.astype(np.int32)  # matching index dtypes: scipy keeps the arrays as they are (no copy)
+        chunk = sparse.csr_matrix((data, indices, indptr), shape=(rows.stop - rows.start, self.n_cols), copy=False)
+        if not chunk.has_canonical_format:
+            chunk = chunk.copy()  # never change the reused buffers in place behind a later block
+            chunk.sum_duplicates()  # a sparse matrix means the sum of repeated entries; also sorts the indices
+        return chunk
 
 
 def _row_block(X: Any, rows: slice) -> sparse.csr_matrix:
