@@ -144,9 +144,9 @@ def tokenizer(tokmod, dicts: Path):
     }
     cls = tokmod.TranscriptomeTokenizer
     if "special_token" in inspect.signature(cls.__init__).parameters:  # the current reference (V1 and V2)
-        kw |= {"model_input_size": 4096 if special else 2048, "special_token": special, "collapse_gene_ids": special}
-        if special:
-            kw["gene_mapping_file"] = _dict(dicts, "ensembl_mapping_dict")
+        # its h5ad path needs collapse_gene_ids=True; V1's mapping file (gc30M) maps every V1 gene to itself
+        kw |= {"model_input_size": 4096 if special else 2048, "special_token": special, "collapse_gene_ids": True}
+        kw["gene_mapping_file"] = _dict(dicts, "ensembl_mapping_dict")
     elif special:  # the old reference knows V1 only
         return None
     return cls({"cell_index": "cell_index"}, nproc=1, **kw)

@@ -54,11 +54,11 @@ def reference(checkout: Path, cmd: str, **kwargs) -> dict | None:
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--out", type=Path, default=Path("out/bench"), help="folder for the JSON-lines results")
-    p.add_argument("--quick", action="store_true", help="small sizes (5,000 cells tokenised, 40 / 8 embedded)")
+    p.add_argument("--quick", action="store_true", help="small sizes (5,000 cells tokenised, 16 / 2 embedded)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when visible, else cpu)")
     p.add_argument("--precision", default="float32", choices=["float32", "bfloat16"], help="main embedding runs")
-    p.add_argument("--n-embed-v1", type=int, default=None, help="cells embedded with V1 (200; quick 40)")
-    p.add_argument("--n-embed-v2", type=int, default=None, help="cells embedded with V2 (40; quick 8)")
+    p.add_argument("--n-embed-v1", type=int, default=None, help="cells embedded with V1 (200; quick 16)")
+    p.add_argument("--n-embed-v2", type=int, default=None, help="cells embedded with V2 (40; quick 2)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--skip-rss", action="store_true", help="skip the 200,000-cell peak-RSS run")
     p.add_argument("--skip-bf16", action="store_true", help="skip the bfloat16 comparison run")
@@ -96,8 +96,12 @@ def main() -> None:
         load_average=os.getloadavg(),
     )
     peak = {"float32": matmul_peak_gflops(device=device)}
+    # a CPU without avx512_bf16/amx runs bf16 matmuls far slower than fp32 (about 14x on the 2-core AVX2 machine):
+    # a small matrix then, and the bf16 embedding on a few cells only (for the cosine to fp32)
+    fast_bf16 = device.startswith("cuda") or any(f in cpu_flags() for f in ("avx512_bf16", "amx_bf16"))
     if not args.skip_bf16 or args.precision == "bfloat16":
-        peak["bfloat16"] = matmul_peak_gflops(dtype="bfloat16", device=device)
+        small = {} if fast_bf16 else {"n": 512, "repeats": 3}
+        peak["bfloat16"] = matmul_peak_gflops(dtype="bfloat16", device=device, **small)
     for dtype, gflops in peak.items():
         rec.record(f"matmul_peak_{dtype}", gflops=round(gflops, 1), device=device)
     cells = ad.read_h5ad(SHARED / "data" / "celltypist_sample_counts_559cells.h5ad")
@@ -187,8 +191,8 @@ def main() -> None:
     # 3. embedding throughput at the released sizes (random weights), same cells for ours and the references;
     #    FLOPs from the actual token lengths (no padding counted), against the matmul peak measured above
     n_embed = {
-        "V1": args.n_embed_v1 or (40 if args.quick else 200),
-        "V2": args.n_embed_v2 or (8 if args.quick else 40),
+        "V1": args.n_embed_v1 or (16 if args.quick else 200),
+        "V2": args.n_embed_v2 or (2 if args.quick else 40),
     }
     for variant, folder in VARIANTS.items():
         dicts = SHARED / "models" / folder
@@ -214,36 +218,44 @@ def main() -> None:
             "device": device,
         }
 
-        def embed(precision: str, sub=sub, gf=gf) -> tuple[float, np.ndarray]:
+        def embed(precision: str, n: int, sub=sub, gf=gf) -> tuple[float, np.ndarray]:
             opts = {"batch_size": args.batch_size, "device": device, "precision": precision}
-            gf.embed_cells(sub[:4].copy(), **opts)  # warm-up
+            gf.embed_cells(sub[:2].copy(), **opts)  # warm-up
             t = time.perf_counter()
-            emb, _ = gf.embed_cells(sub, **opts)
+            emb, _ = gf.embed_cells(sub[:n].copy(), **opts)
             return time.perf_counter() - t, emb
 
-        runs = {args.precision: embed(args.precision)}
+        runs = {args.precision: (n_emb, *embed(args.precision, n_emb))}
         if not args.skip_bf16 and args.precision != "bfloat16":
-            runs["bfloat16"] = embed("bfloat16")
-        for precision, (seconds, emb) in runs.items():
+            n_bf16 = n_emb if fast_bf16 else min(n_emb, 2)
+            runs["bfloat16"] = (n_bf16, *embed("bfloat16", n_bf16))
+        for precision, (n_run, seconds, emb) in runs.items():
+            f = (
+                flops
+                if n_run == n_emb
+                else layer_flops(lengths[:n_run], cfg.hidden_size, cfg.intermediate_size, gf.n_layers - 1)
+            )
             row = {
                 "precision": precision,
+                "n_cells_run": n_run,
                 "seconds": round(seconds, 2),
-                "cells_per_s": round(n_emb / seconds, 2),
-                "gflops": round(flops / seconds / 1e9, 1),
-                "frac_of_matmul_peak": round(flops / seconds / 1e9 / peak[precision], 2),
+                "cells_per_s": round(n_run / seconds, 2),
+                "gflops": round(f / seconds / 1e9, 1),
+                "frac_of_matmul_peak": round(f / seconds / 1e9 / peak[precision], 2),
                 "peak_dtype": precision,
             }
             if precision != args.precision:
-                base_s, base = runs[args.precision]
+                _, base_s, base = runs[args.precision]
+                base = base[:n_run]
                 cos = np.sum(emb * base, 1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(base, axis=1))
                 row |= {
-                    "speedup_vs_" + args.precision: round(base_s / seconds, 2),
+                    "speedup_vs_" + args.precision: round((n_run / seconds) / (n_emb / base_s), 3),
                     "cosine_to_" + args.precision + "_quantiles_0_1_5_50": [
                         round(float(q), 6) for q in np.quantile(cos, [0, 0.01, 0.05, 0.5])
                     ],
                 }
             rec.record("embed", impl="scfmkit", **common, **row)
-        ours_s, ours = runs[args.precision]
+        _, ours_s, ours = runs[args.precision]
         for label, checkout in REFS:
             ref = reference(checkout, "embed", h5ad=sub_path, dicts=dicts, ckpt=ckpt, batch_size=args.batch_size)
             if ref is None:
