@@ -44,19 +44,55 @@ class Recorder:
         return row
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
-    """Measured fp32 matmul throughput of this machine (torch, all threads), in GFLOP/s."""
+def default_device() -> str:
+    """``cuda`` when a GPU is visible, else ``cpu``: the same scripts run unchanged on either."""
     import torch
 
-    a = torch.randn(n, n, dtype=getattr(torch, dtype))
-    b = torch.randn(n, n, dtype=getattr(torch, dtype))
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10, dtype: str = "float32", device: str = "cpu") -> float:
+    """Measured matmul throughput of this machine (torch, all threads, or one GPU), in GFLOP/s."""
+    import torch
+
+    if device.startswith("cuda"):
+        n = max(n, 8192)
+    a = torch.randn(n, n, device=device).to(getattr(torch, dtype))
+    b = torch.randn(n, n, device=device).to(getattr(torch, dtype))
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
     torch.mm(a, b)
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
         torch.mm(a, b)
+        sync()
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 / best / 1e9
+
+
+def cpu_flags() -> list[str]:
+    """The CPU features that decide fast bf16 (``avx512_bf16``, ``amx_bf16``...), from /proc/cpuinfo."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma")))
+
+
+def references(env: str) -> list[tuple[str, Path]]:
+    """Reference checkouts from ``env``: ``label=path`` entries separated by ``;`` (a bare path is its own label)."""
+    value = os.environ.get(env, "")
+    out = []
+    for entry in filter(None, (e.strip() for e in value.split(";"))):
+        label, _, path = entry.rpartition("=")
+        out.append((label or path, Path(path)))
+    return out
 
 
 def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, str]:

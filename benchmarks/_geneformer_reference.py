@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import inspect
 import json
 import shutil
 import sys
@@ -135,19 +136,20 @@ def prepare(h5ad: Path, dicts: Path, out_dir: Path) -> int:
 
 
 def tokenizer(tokmod, dicts: Path):
-    special = "<cls>" in json.dumps(list(_load_tokens(dicts))[:8])
+    """The reference tokenizer for these dictionaries; ``None`` when this reference has no V2 (special tokens)."""
+    special = "<cls>" in _load_tokens(dicts)
     kw = {
         "gene_median_file": _dict(dicts, "gene_median_dictionary"),
         "token_dictionary_file": _dict(dicts, "token_dictionary"),
     }
-    if special:
-        kw |= {
-            "model_input_size": 4096,
-            "special_token": True,
-            "collapse_gene_ids": True,
-            "gene_mapping_file": _dict(dicts, "ensembl_mapping_dict"),
-        }
-    return tokmod.TranscriptomeTokenizer({"cell_index": "cell_index"}, nproc=1, **kw)
+    cls = tokmod.TranscriptomeTokenizer
+    if "special_token" in inspect.signature(cls.__init__).parameters:  # the current reference (V1 and V2)
+        # its h5ad path needs collapse_gene_ids=True; V1's mapping file (gc30M) maps every V1 gene to itself
+        kw |= {"model_input_size": 4096 if special else 2048, "special_token": special, "collapse_gene_ids": True}
+        kw["gene_mapping_file"] = _dict(dicts, "ensembl_mapping_dict")
+    elif special:  # the old reference knows V1 only
+        return None
+    return cls({"cell_index": "cell_index"}, nproc=1, **kw)
 
 
 def _load_tokens(dicts: Path) -> dict:
@@ -164,13 +166,18 @@ def main() -> None:
     p.add_argument("--dicts", type=Path, required=True)
     p.add_argument("--ckpt", type=Path)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--emb-mode", default="cell", choices=["cell", "cls"])
     args = p.parse_args()
     tokmod = load_reference(args.checkout)
     work = Path(tempfile.mkdtemp(prefix="gf_ref_"))
     try:
         n = prepare(args.h5ad, args.dicts, work / "in")
+        tk = tokenizer(tokmod, args.dicts)
+        if tk is None:
+            print(json.dumps({"skipped": "this reference has no Geneformer V2 tokenizer (special tokens)"}))
+            return
         t = time.perf_counter()
-        tokenizer(tokmod, args.dicts).tokenize_data(work / "in", work / "tok", "cells", file_format="h5ad")
+        tk.tokenize_data(work / "in", work / "tok", "cells", file_format="h5ad")
         tok_seconds = time.perf_counter() - t
         from datasets import load_from_disk
 
@@ -182,7 +189,7 @@ def main() -> None:
         emb_mod = sys.modules["geneformer.emb_extractor"]
         ex = emb_mod.EmbExtractor(
             model_type="Pretrained",
-            emb_mode="cell",
+            emb_mode=args.emb_mode,
             max_ncells=None,
             emb_layer=-1,
             emb_label=["cell_index"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -98,6 +99,38 @@ class _Layer(nn.Module):
             scores = scores.masked_fill(~mask, float("-inf"))
         return scores.softmax(-1)
 
+    def forward_packed(self, x: torch.Tensor, bounds: list[int], rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The layer on packed sequences, with no padding (so attention needs no mask).
+
+        ``x`` is ``(total_tokens, hidden)``; sequence ``i`` is rows ``bounds[i]:bounds[i + 1]``.
+
+        With ``rows`` (one row index per sequence, e.g. its first token), only those rows' outputs are computed
+        (queries, attention output and feed-forward of the other tokens would be discarded): ``(n_seq, hidden)``.
+        """
+        t, h = x.shape
+        d = h // self.n_heads
+        if rows is None:
+            qkv = self.qkv(x).view(t, 3, self.n_heads, d)
+            q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+            residual = x
+        else:
+            w, bias = self.qkv.weight, self.qkv.bias
+            kv = F.linear(x, w[h:], bias[h:]).view(t, 2, self.n_heads, d)
+            k, v = kv[:, 0], kv[:, 1]
+            residual = x[rows]
+            q = F.linear(residual, w[:h], bias[:h]).view(-1, self.n_heads, d)
+        a = torch.empty_like(q)
+        for i in range(len(bounds) - 1):
+            lo, hi = bounds[i], bounds[i + 1]
+            qs = q[lo:hi] if rows is None else q[i : i + 1]
+            # (1, heads, tokens, head_dim) views of the packed rows; SDPA's CPU and CUDA kernels take strided inputs
+            out = F.scaled_dot_product_attention(
+                qs.transpose(0, 1)[None], k[lo:hi].transpose(0, 1)[None], v[lo:hi].transpose(0, 1)[None]
+            )
+            (a[lo:hi] if rows is None else a[i : i + 1]).copy_(out[0].transpose(0, 1))
+        x = self.ln1(residual + self.attn_out(a.reshape(-1, h)))
+        return self.ln2(x + self.out(self.act(self.inter(x))))
+
 
 class BertMLMHead(nn.Module):
     """HuggingFace ``BertOnlyMLMHead``: dense, activation, LayerNorm, then the decoder to vocabulary logits.
@@ -183,6 +216,36 @@ class BertEncoder(nn.Module):
             if i in return_layers:
                 kept[i] = x
         return kept if (return_layers or return_attention is not None) else x
+
+    def forward_packed(
+        self,
+        input_ids: torch.Tensor,
+        bounds: list[int],
+        return_layers: tuple[int, ...] = (),
+        first_rows_only: bool = False,
+    ) -> torch.Tensor | dict[int, torch.Tensor]:
+        """Like :meth:`forward` on packed variable-length sequences, with no padding work at all.
+
+        ``input_ids`` is 1-d, the tokens of all sequences one after another; sequence ``i`` is
+        ``input_ids[bounds[i]:bounds[i + 1]]`` (``bounds`` a list of Python ints starting at 0, so that no device
+        value is read back). Returns ``(total_tokens, hidden)`` states (or ``{i: states}`` with ``return_layers``).
+        ``first_rows_only`` computes only each sequence's first token (e.g. ``<cls>``) in the last layer, giving
+        ``(n_seq, hidden)`` for it: the exact same values, without the discarded rows' work.
+        """
+        lengths = torch.tensor([b - a for a, b in pairwise(bounds)])
+        starts = torch.tensor(bounds[:-1])
+        positions = torch.arange(bounds[-1]) - torch.repeat_interleave(starts, lengths)
+        device = input_ids.device
+        x = self.word(input_ids) + self.position(positions.to(device)) + self.token_type.weight[0]
+        x = self.ln(x)
+        kept = {0: x} if 0 in return_layers else {}
+        last = len(self.layers)
+        for i, layer in enumerate(self.layers, start=1):
+            rows = starts.to(device) if first_rows_only and i == last else None
+            x = layer.forward_packed(x, bounds, rows)
+            if i in return_layers:
+                kept[i] = x
+        return kept if return_layers else x
 
 
 _LAYER_RE = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -218,9 +219,10 @@ class GeneformerModel(FoundationModel):
         eos_id = self.vocab.token_dict["<eos>"] if special else None
         max_genes = self.input_size - (2 if special else 0)
         written = 0
+        backed = _BackedCSRReader.of(X)
         for start in range(0, adata.n_obs, chunk_size):
             rows = slice(start, min(start + chunk_size, adata.n_obs))
-            chunk = _row_block(X, rows)
+            chunk = backed.read(rows) if backed is not None else _row_block(X, rows)
             _check_values(chunk, input=input, layer=layer, offset=start)
             if input == "lognorm":
                 chunk = chunk.copy()
@@ -388,34 +390,46 @@ class GeneformerModel(FoundationModel):
         lengths = tokens.lengths
         order = np.argsort(-lengths, kind="stable")
         result = {out: np.empty((len(tokens), self.config.hidden_size), np.float32) for out in outputs}
-        pad = self.vocab.pad_id
         skip = 1 if special else 0
+        # the last layer computes only the <cls> rows when nothing else of it is read
+        last = max(wanted)
+        cls_only = last > 0 and gene_sums is None and all(o[1] == "cls" for o in outputs if layer_of[o] == last)
+        on_gpu = torch.device(device).type == "cuda"
         batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        pending: list[tuple[np.ndarray, dict[tuple[int, str], torch.Tensor]]] = []
         with torch.inference_mode(), autocast_ctx:
             for idx in progress(batches, desc="geneformer", unit="batch", enabled=show_progress):
+                # packed: the batch's tokens one after another, no padding (attention runs per cell)
                 lens = lengths[idx]
-                n = int(lens.max())
-                ids = np.full((len(idx), n), pad, np.int64)
-                for r, i in enumerate(idx):
-                    ids[r, : lens[r]] = tokens[i]
-                t_ids = torch.from_numpy(ids).to(device)
-                t_len = torch.from_numpy(lens.astype(np.int64)).to(device)
-                states = enc(t_ids, t_len, return_layers=wanted)
-                # gene positions: [skip, len - skip); V2 excludes <cls> and <eos>
-                pos = torch.arange(n, device=device)[None, :]
-                gene_mask = (pos >= skip) & (pos < (t_len - skip)[:, None])
+                bounds = [0, *np.cumsum(lens).tolist()]
+                flat = np.concatenate([tokens[i] for i in idx]).astype(np.int64)
+                t_ids = torch.from_numpy(flat)
+                t_ids = t_ids.pin_memory().to(device, non_blocking=True) if on_gpu else t_ids.to(device)
+                states = enc.forward_packed(t_ids, bounds, return_layers=wanted, first_rows_only=cls_only)
+                starts = torch.tensor(bounds[:-1], device=device)
+                embs = {}
                 for out in outputs:
-                    hidden = states[layer_of[out]].float()
+                    hidden = states[layer_of[out]]
                     if out[1] == "cls":
-                        emb = hidden[:, 0]
+                        embs[out] = hidden if cls_only and layer_of[out] == last else hidden[starts]
                     else:
-                        emb = (hidden * gene_mask[..., None]).sum(1) / (t_len - 2 * skip)[:, None]
-                    result[out][idx] = emb.cpu().numpy()
+                        # mean over the gene tokens [start + skip, end - skip); V2 excludes <cls> and <eos>
+                        sums = [hidden[a + skip : b - skip].float().sum(0) for a, b in pairwise(bounds)]
+                        embs[out] = torch.stack(sums) / torch.from_numpy(lens - 2 * skip).to(device)[:, None]
+                pending.append((idx, embs))
                 if gene_sums is not None:
                     hidden = states[layer_of[outputs[0]]].float()
-                    flat_ids = t_ids[gene_mask].cpu().numpy()
-                    np.add.at(gene_sums[0], flat_ids, hidden[gene_mask].double().cpu().numpy())
-                    np.add.at(gene_sums[1], flat_ids, 1)
+                    genes = np.ones(len(flat), bool)
+                    if skip:
+                        genes[bounds[:-1]] = False
+                        genes[np.asarray(bounds[1:]) - 1] = False
+                    np.add.at(gene_sums[0], flat[genes], hidden.cpu().numpy()[genes].astype(np.float64))
+                    np.add.at(gene_sums[1], flat[genes], 1)
+        # one copy back per output at the end: no device-to-host sync inside the loop
+        for out in outputs:
+            if pending:
+                order_idx = np.concatenate([idx for idx, _ in pending])
+                result[out][order_idx] = torch.cat([e[out].float() for _, e in pending]).cpu().numpy()
         return result
 
     def embed_cells(
@@ -550,6 +564,53 @@ def _stored_per_row(X: Any) -> np.ndarray | None:
     if getattr(X, "format", None) == "csr" and hasattr(X, "group"):  # anndata's backed CSR dataset
         return np.diff(X.group["indptr"][:])
     return None
+
+
+class _BackedCSRReader:
+    """Row blocks of a backed (h5py) CSR matrix read straight from the file into reused buffers.
+
+    Reads ``indptr`` once and each block's ``data``/``indices`` with ``read_direct`` into two arrays that grow to the
+    largest block and are then reused, so each chunk costs the file read itself: no per-call validation, no fresh
+    allocation (and first-touch page faults) per chunk, and memory bounded by one block. A block is valid until the
+    next :meth:`read` (the tokeniser consumes it before asking for the next).
+    """
+
+    def __init__(self, group: Any, shape: tuple[int, int]) -> None:
+        self.data, self.indices = group["data"], group["indices"]
+        self.indptr = np.asarray(group["indptr"][:], np.int64)
+        self.n_cols = shape[1]
+        self._buf: tuple[np.ndarray, np.ndarray] | None = None
+
+    @classmethod
+    def of(cls, X: Any) -> _BackedCSRReader | None:
+        """A reader for anndata's backed CSR dataset on an HDF5 file, else ``None`` (use :func:`_row_block`)."""
+        if getattr(X, "format", None) != "csr" or not hasattr(X, "group"):
+            return None
+        group = X.group
+        needed = ("data", "indices", "indptr")
+        if not all(hasattr(group.get(k), "read_direct") for k in needed):  # not h5py (e.g. zarr)
+            return None
+        if group["data"].dtype not in (np.float32, np.float64, np.int32, np.int64, np.uint16, np.uint32):
+            return None  # e.g. float16, which scipy.sparse cannot hold: the generic path converts it
+        return cls(group, tuple(X.shape))
+
+    def read(self, rows: slice) -> sparse.csr_matrix:
+        lo, hi = int(self.indptr[rows.start]), int(self.indptr[rows.stop])
+        n = hi - lo
+        if self._buf is None or len(self._buf[0]) < n:
+            self._buf = (np.empty(n, self.data.dtype), np.empty(n, self.indices.dtype))
+        data, indices = self._buf[0][:n], self._buf[1][:n]
+        if n:
+            self.data.read_direct(data, np.s_[lo:hi])
+            self.indices.read_direct(indices, np.s_[lo:hi])
+        indptr = self.indptr[rows.start : rows.stop + 1] - lo
+        if indices.dtype == np.int32 and n < 2**31:
+            indptr = indptr.astype(np.int32)  # matching index dtypes: scipy keeps the arrays as they are (no copy)
+        chunk = sparse.csr_matrix((data, indices, indptr), shape=(rows.stop - rows.start, self.n_cols), copy=False)
+        if not chunk.has_canonical_format:
+            chunk = chunk.copy()  # never change the reused buffers in place behind a later block
+            chunk.sum_duplicates()  # a sparse matrix means the sum of repeated entries; also sorts the indices
+        return chunk
 
 
 def _row_block(X: Any, rows: slice) -> sparse.csr_matrix:
