@@ -23,7 +23,7 @@ from torch.nn import functional as F
 from ._bert import _LAYER_MAP, BertConfig, BertEncoder, convert_hf_state_dict, random_hf_state_dict
 from ._tokens import TokenizedCells
 
-__all__ = ["BertSequenceClassifier", "hf_classifier_config"]
+__all__ = ["BertSequenceClassifier", "hf_classifier_config", "init_seed"]
 
 
 class BertSequenceClassifier(nn.Module):
@@ -129,9 +129,14 @@ class BertSequenceClassifier(nn.Module):
 
     @classmethod
     def random(cls, config: dict[str, Any], n_classes: int, *, pad_id: int, seed: int) -> BertSequenceClassifier:
-        """A classifier whose encoder, too, is random (the random-initialisation control), seeded."""
+        """A classifier whose encoder, too, is random (the random-initialisation control), seeded.
+
+        The encoder's seed is derived from ``seed`` (:func:`init_seed`), so it never equals the weights of a
+        random-weight checkpoint written with the same seed.
+        """
         cfg = BertConfig.from_dict(config)
-        return cls.from_encoder_weights(config, random_hf_state_dict(cfg, seed), n_classes, pad_id=pad_id, seed=seed)
+        sd = random_hf_state_dict(cfg, init_seed(seed))
+        return cls.from_encoder_weights(config, sd, n_classes, pad_id=pad_id, seed=seed)
 
     @classmethod
     def from_hf_state_dict(
@@ -181,6 +186,11 @@ class BertSequenceClassifier(nn.Module):
         out["classifier.weight"] = self.classifier.weight.detach().cpu()
         out["classifier.bias"] = self.classifier.bias.detach().cpu()
         return {k: v.contiguous().clone() for k, v in out.items()}
+
+
+def init_seed(seed: int) -> int:
+    """The seed of a random-initialisation control's encoder: a stream of ``seed`` apart from ``seed`` itself."""
+    return int(np.random.SeedSequence([int(seed), 0x1A17]).generate_state(1)[0] % (2**31 - 1))
 
 
 def _key(d: dict[str, Any], suffix: str) -> str:

@@ -95,8 +95,13 @@ class ScGPTClassifier(nn.Module):
 
     @classmethod
     def random(cls, cfg: ScGPTConfig, n_classes: int, *, seed: int, **kwargs) -> ScGPTClassifier:
-        """A classifier whose encoder, too, is random (the random-initialisation control), seeded."""
-        return cls(build_random(cfg, seed), n_classes, seed=seed, **kwargs)
+        """A classifier whose encoder, too, is random (the random-initialisation control), seeded.
+
+        The encoder's seed is derived from ``seed`` (:func:`~scfmkit.models._bert_classifier.init_seed`).
+        """
+        from ._bert_classifier import init_seed
+
+        return cls(build_random(cfg, init_seed(seed)), n_classes, seed=seed, **kwargs)
 
     # ------------------------------------------------------------------ structure used by the training loop
     def layer_modules(self) -> list[nn.Module]:

@@ -2,6 +2,7 @@
 
 from scfmkit.metrics._summary import summarize_benchmark  # the statistics of a benchmark table
 
+from ._annotation_benchmark import benchmark_annotation
 from ._baselines import baselines
 from ._dependency import gene_dependency
 from ._embed import embed, embed_genes

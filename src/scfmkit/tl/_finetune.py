@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
 
-__all__ = ["FineTunedClassifier", "annotate", "finetune", "load_classifier"]
+__all__ = ["FineTunedClassifier", "annotate", "finetune", "finetune_proba", "load_classifier"]
 
 #: Defaults of each family: Geneformer's ``Classifier`` (cell classifier, ``get_default_train_args``) and the scGPT
 #: annotation tutorial (``Tutorial_Annotation``: lr 1e-4, batch 32, 10 epochs, StepLR 0.9 per epoch, Adam,
@@ -583,3 +583,48 @@ def annotate(
         write_back(data, mod, obsm_keys=[f"{key}_proba"])
     logger.info("annotate: wrote obs[%r], obs[%r], obsm[%r]", f"{key}_pred", f"{key}_uncertainty", f"{key}_proba")
     return data if copy else None
+
+
+def finetune_proba(
+    query: AnnData,
+    reference: AnnData,
+    model: Any,
+    *,
+    label_key: str,
+    layer: str | None,
+    reference_layer: str | None,
+    gene_key: str | None,
+    weights: str,
+    seed: int,
+    options: Mapping[str, Any],
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``map_to_reference(method="finetune")``: the query's class probabilities and what was run.
+
+    ``model`` is a :class:`FineTunedClassifier` (used as it is) or a foundation model fine-tuned on ``reference``
+    (``options`` go to :func:`finetune`).
+    """
+    if isinstance(model, FineTunedClassifier):
+        clf = model
+        extra = dict(options)
+    else:
+        clf = finetune(
+            reference,
+            model,
+            label_key=label_key,
+            weights=weights,
+            layer=reference_layer,
+            gene_key=gene_key,
+            rng=seed,
+            mod=None,
+            **options,
+        )
+        extra = {}
+    proba = clf.predict_proba(query, layer=layer, gene_key=gene_key, **extra)
+    info = {
+        "init": clf.params.get("init", "unknown"),
+        "epochs": len(clf.history),
+        "n_classes": len(clf.labels),
+        "model_name": clf.base.name,
+        "weights_id": clf.base.weights_id,
+    }
+    return proba, info
