@@ -77,7 +77,7 @@ RECIPES = {
         inplace=False,
     ),
     "finetune": lambda m, a: _classifier(m, a),
-    "annotate": lambda m, a: fm.tl.annotate(_small(a), model=_classifier(m, a), copy=True),
+    "annotate": lambda m, a: (clf := _classifier(m, a)) and fm.tl.annotate(_small(a), model=clf, copy=True),
     "benchmark_annotation": lambda m, a: fm.tl.benchmark_annotation(
         _small(a), _small(a), m, label_key="group", methods=["knn_embedding"], seeds=[0], k=3
     ),
@@ -93,6 +93,12 @@ def _small(a):
 
 def _classifier(m, a):
     """One fine-tuned classifier per model (1 epoch on 8 cells' `group`), shared by the recipes."""
+    from scfmkit.tl._finetune import FAMILY_DEFAULTS
+
+    if m.family not in FAMILY_DEFAULTS:  # a classification head without a fine-tuning recipe: a clear error
+        with pytest.raises(TypeError, match="fine-tunes"):
+            fm.tl.finetune(_small(a), m, label_key="group", epochs=1, validation=0.0)
+        return None
     if id(m) not in _CLASSIFIERS:
         _CLASSIFIERS[id(m)] = fm.tl.finetune(_small(a), m, label_key="group", epochs=1, validation=0.0)
     return _CLASSIFIERS[id(m)]

@@ -398,6 +398,12 @@ def finetune(
     data = get_modality(adata, mod)
     base = models.load(model, weights=weights, seed=seed)
     base.require("classification", what="fm.tl.finetune")
+    if base.family not in FAMILY_DEFAULTS:
+        msg = (
+            f"fm.tl.finetune fine-tunes {sorted(FAMILY_DEFAULTS)} models; {base.name} ({base.family}) has a "
+            "classification head but no fine-tuning recipe here yet."
+        )
+        raise TypeError(msg)
     labelled, text, classes = _label_values(data, label_key)
     if (~labelled).any():
         logger.info("finetune: %d cells without a %r label are not used.", int((~labelled).sum()), label_key)
