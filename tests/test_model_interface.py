@@ -76,8 +76,40 @@ RECIPES = {
         batch_size=4,
         inplace=False,
     ),
+    "finetune": lambda m, a: _classifier(m, a),
+    "annotate": lambda m, a: (clf := _classifier(m, a)) and fm.tl.annotate(_small(a), model=clf, copy=True),
+    "benchmark_annotation": lambda m, a: fm.tl.benchmark_annotation(
+        _small(a), _small(a), m, label_key="group", methods=["knn_embedding"], seeds=[0], k=3
+    ),
 }
-NEEDS = {"geneformer_perturb": "in_silico_perturbation", "gene_dependency": "gene_dependency"}
+_CLASSIFIERS: dict[int, object] = {}
+
+
+def _small(a):
+    """8 cells (4 per group) x the 100 genes with the most counts: short sequences, so that training takes seconds."""
+    top = np.argsort(-np.asarray(a.X.sum(0)).ravel(), kind="stable")[:100]
+    return a[[0, 1, 2, 3, 12, 13, 14, 15]][:, np.sort(top)].copy()
+
+
+def _classifier(m, a):
+    """One fine-tuned classifier per model (1 epoch on 8 cells' `group`), shared by the recipes."""
+    from scfmkit.tl._finetune import FAMILY_DEFAULTS
+
+    if m.family not in FAMILY_DEFAULTS:  # a classification head without a fine-tuning recipe: a clear error
+        with pytest.raises(TypeError, match="fine-tunes"):
+            fm.tl.finetune(_small(a), m, label_key="group", epochs=1, validation=0.0)
+        return None
+    if id(m) not in _CLASSIFIERS:
+        _CLASSIFIERS[id(m)] = fm.tl.finetune(_small(a), m, label_key="group", epochs=1, validation=0.0)
+    return _CLASSIFIERS[id(m)]
+
+
+NEEDS = {
+    "geneformer_perturb": "in_silico_perturbation",
+    "gene_dependency": "gene_dependency",
+    "finetune": "classification",
+    "annotate": "classification",
+}
 
 
 def _model_functions():

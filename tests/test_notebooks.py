@@ -66,7 +66,7 @@ def test_notebook_runs(path, monkeypatch):
 
 def test_every_notebook_is_collected():
     names = {p.stem for p in NOTEBOOKS.glob("*.ipynb")}
-    assert {"embeddings", "multiomics", "gene_dependency"} <= names
+    assert {"embeddings", "multiomics", "gene_dependency", "finetune_annotation"} <= names
 
 
 if __name__ == "__main__":

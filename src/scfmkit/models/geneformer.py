@@ -50,7 +50,7 @@ class GeneformerModel(FoundationModel):
     """
 
     family = "geneformer"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"in_silico_perturbation", "gene_dependency"})
+    capabilities: ClassVar[frozenset[str]] = frozenset({"in_silico_perturbation", "gene_dependency", "classification"})
 
     def __init__(
         self,
@@ -66,6 +66,7 @@ class GeneformerModel(FoundationModel):
         from ._bert import BertConfig
 
         self.config: BertConfig = BertConfig.from_dict(config)
+        self.config_dict: dict[str, Any] = dict(config)
         self.vocab = vocab
         self.name = name
         self.weights_id = weights_id
@@ -548,6 +549,22 @@ class GeneformerModel(FoundationModel):
         if n_seen is not None:
             params |= {"emb_layer": emb_layer, "n_genes_seen": int((n_seen[match.token_ids] > 0).sum())}
         return out, params
+
+    # ------------------------------------------------------------------ classification
+    def classification_head(self, n_classes: int, *, seed: int = 0, pretrained: bool = True):
+        """A new ``BertForSequenceClassification`` on this encoder (Geneformer's ``Classifier`` network).
+
+        Pooler and classifier are initialised as HuggingFace does (seeded); ``pretrained=False`` also draws the
+        encoder at random (the random-initialisation control). The model's own weights are not changed.
+        """
+        from ._bert_classifier import BertSequenceClassifier
+
+        pad = self.vocab.pad_id
+        if not pretrained:
+            return BertSequenceClassifier.random(self.config_dict, n_classes, pad_id=pad, seed=seed)
+        return BertSequenceClassifier.from_encoder_weights(
+            self.config_dict, self._state_dict, n_classes, pad_id=pad, seed=seed
+        )
 
     def _state_dict_tensor(self, suffix: str) -> torch.Tensor:
         for key in (suffix, f"bert.{suffix}"):

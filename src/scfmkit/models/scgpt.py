@@ -61,7 +61,7 @@ class ScGPTModel(FoundationModel):
     """
 
     family = "scgpt"
-    capabilities: ClassVar[frozenset[str]] = frozenset({"gene_dependency"})
+    capabilities: ClassVar[frozenset[str]] = frozenset({"gene_dependency", "classification"})
 
     def __init__(
         self,
@@ -491,6 +491,19 @@ class ScGPTModel(FoundationModel):
         params = {**prep["params"], "precision": precision, "batch_size": batch_size, "device": dev}
         params["n_genes_embedded"] = int((counts > 0).sum())
         return out, params
+
+    # ------------------------------------------------------------------ classification
+    def classification_head(self, n_classes: int, *, seed: int = 0, pretrained: bool = True, dropout: float = 0.2):
+        """The encoder with the reference ``ClsDecoder`` (``nlayers_cls=3``) on ``<cls>`` (annotation tutorial).
+
+        ``pretrained=False`` draws the encoder at random too. The model's own weights are not changed.
+        """
+        from ._scgpt_classifier import ScGPTClassifier
+
+        kw = {"pad_id": self.pad_id, "pad_value": self.pad_value, "dropout": dropout}
+        if not pretrained:
+            return ScGPTClassifier.random(self.module.cfg, n_classes, seed=seed, **kw)
+        return ScGPTClassifier(self.module, n_classes, seed=seed, **kw)
 
 
 def _matched(X: Any, cols: np.ndarray) -> sparse.csr_matrix:

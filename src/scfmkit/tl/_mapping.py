@@ -134,6 +134,10 @@ def map_to_reference(
       genes, mean and loadings (PCA-kNN baseline).
     - ``model=<foundation model>`` (registry name, directory or loaded model): both are embedded zero-shot on their
       shared genes with :func:`scfmkit.tl.embed` (``weights``, ``layer``, ``**model_options`` are passed on).
+    - ``method="finetune"``: ``model`` (a foundation model) is fine-tuned on the reference labels with
+      :func:`scfmkit.tl.finetune` (options from ``**model_options``), or ``model`` is an already fine-tuned
+      :class:`~scfmkit.tl.FineTunedClassifier`; predictions come from its classifier (uncertainty 1 - the top class
+      probability) and ``obsm['<label_key>_proba']`` holds the class probabilities.
     - ``method="scarches"``: scArches surgery with scvi-tools. SCVI (scArches architecture) is trained on the
       reference counts, then SCANVI (``scarches_model="scanvi"``, predictions from its classifier, uncertainty
       1 - the top class probability) or SCVI alone (``"scvi"``, weighted kNN in the latent space); the query is added
@@ -153,7 +157,7 @@ def map_to_reference(
     model
         ``"pca"`` or a foundation model for :func:`scfmkit.tl.embed`.
     method
-        ``"knn"`` (default) or ``"scarches"``.
+        ``"knn"`` (default), ``"scarches"`` or ``"finetune"``.
     k
         Neighbours in the weighted vote (scArches uses 50 on large atlases; 15 suits small references).
     uncertainty_threshold
@@ -211,10 +215,13 @@ def map_to_reference(
 
     The reference is never modified; for a MuData the coordinates are mirrored into ``mdata.obsm['<mod>:<key>']``.
     """
-    if method not in ("knn", "scarches"):
-        msg = f"`method` must be 'knn' or 'scarches', got {method!r}."
+    if method not in ("knn", "scarches", "finetune"):
+        msg = f"`method` must be 'knn', 'scarches' or 'finetune', got {method!r}."
         raise ValueError(msg)
     n_spaces = (use_rep is not None) + (model is not None) + (method == "scarches")
+    if method == "finetune" and (model is None or use_rep is not None or model == "pca"):
+        msg = "method='finetune' needs `model=`: a foundation model to fine-tune, or a fm.tl.finetune classifier."
+        raise ValueError(msg)
     if n_spaces != 1:
         msg = (
             "Give exactly one space: `use_rep=` (an obsm key in both), `model=` ('pca' or a foundation model), "
@@ -282,6 +289,26 @@ def map_to_reference(
         params.update({"n_genes": len(genes), "weights": weights})
         out_key = key_added or f"X_{family}"
         params["space"] = f"model:{model if isinstance(model, str | Path) else type(model).__name__}"
+    elif method == "finetune":
+        from scfmkit.tl._finetune import finetune_proba
+
+        genes = align_genes_to_reference(query, ref, gene_key=gene_key, min_overlap=min_overlap)
+        proba, info = finetune_proba(
+            query,
+            ref[labelled],
+            model,
+            label_key=label_key,
+            layer=layer,
+            reference_layer=reference_layer,
+            gene_key=gene_key,
+            weights=weights,
+            seed=seed,
+            options=model_options,
+        )
+        params.update(info)
+        q_emb = r_emb = None
+        out_key = key_added or f"{label_key}_proba"
+        params["space"] = "finetune"
     else:
         genes = align_genes_to_reference(query, ref, gene_key=gene_key, min_overlap=min_overlap)
         q_emb, r_emb, proba, info = _scarches_space(
@@ -308,12 +335,18 @@ def map_to_reference(
     if use_rep is None:
         params["gene_overlap"] = len(genes) / max(len(var_names(ref, gene_key).unique()), 1)
 
-    r_lab = np.asarray(r_emb)[labelled]
-    knn = weighted_knn_transfer_blockwise if is_dask(q_emb) else weighted_knn_transfer
-    res = knn(
-        q_emb, r_lab, labels, k=min(k, len(labels)), uncertainty_threshold=uncertainty_threshold, chunk_size=chunk_size
-    )
-    if proba is not None:  # SCANVI's own classifier
+    res = None
+    if q_emb is not None:
+        knn = weighted_knn_transfer_blockwise if is_dask(q_emb) else weighted_knn_transfer
+        res = knn(
+            q_emb,
+            np.asarray(r_emb)[labelled],
+            labels,
+            k=min(k, len(labels)),
+            uncertainty_threshold=uncertainty_threshold,
+            chunk_size=chunk_size,
+        )
+    if proba is not None:  # SCANVI's or the fine-tuned model's own classifier
         best = proba.columns.to_numpy()[proba.to_numpy().argmax(axis=1)].astype(object)
         uncertainty = np.maximum(1.0 - proba.to_numpy().max(axis=1), 0.0)
     else:
@@ -322,16 +355,20 @@ def map_to_reference(
     if uncertainty_threshold is not None:
         pred[uncertainty > uncertainty_threshold] = UNKNOWN
     umap = None
-    if umap_key is not None and umap_key in ref.obsm:
+    if res is not None and umap_key is not None and umap_key in ref.obsm:
         layout = np.asarray(ref.obsm[umap_key])[labelled]
         umap = np.einsum("ij,ijk->ik", res["weights"], layout[res["indices"]]).astype(np.float32)
 
     # everything computed: write into the query
-    cats = [*sorted(set(labels)), *([UNKNOWN] if UNKNOWN not in set(labels) else [])]
+    known = set(labels) | set(best.astype(str))
+    cats = [*sorted(known), *([UNKNOWN] if UNKNOWN not in known else [])]
     query.obs[f"{label_key}_pred"] = pd.Categorical(pred.astype(str), categories=cats)
     query.obs[f"{label_key}_uncertainty"] = uncertainty.astype(np.float64)
     keys = []
-    if out_key != use_rep:
+    if method == "finetune":
+        query.obsm[out_key] = proba.to_numpy().astype(np.float32)
+        keys.append(out_key)
+    elif out_key != use_rep:
         query.obsm[out_key] = np.asarray(q_emb, dtype=np.float32)
         keys.append(out_key)
     if umap is not None:

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+SMALL_GF = {"num_hidden_layers": 2, "hidden_size": 16, "num_attention_heads": 2, "intermediate_size": 32, "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def gf_small_dir(shared_dir, tmp_path_factory) -> Path:
+    """A tiny random-weight Geneformer V1 with the real dictionaries and 64 positions (cells keep their top 64 genes),
+    so that fine-tuning tests take seconds."""
+    from scfmkit.models.geneformer import write_random_checkpoint
+
+    src = shared_dir / "models" / "geneformer-v1"
+    vocab = tmp_path_factory.mktemp("gf_small_vocab")
+    for p in src.iterdir():
+        shutil.copyfile(p, vocab / p.name)
+    config = json.loads((src / "config.json").read_text())
+    config["max_position_embeddings"] = 64
+    (vocab / "config.json").write_text(json.dumps(config))
+    return write_random_checkpoint(tmp_path_factory.mktemp("gf_small") / "v1", vocab, **SMALL_GF)
+
+
+@pytest.fixture(scope="session")
+def scgpt_small_dir(shared_dir, tmp_path_factory) -> Path:
+    from scfmkit.models.scgpt import write_random_checkpoint
+
+    return write_random_checkpoint(
+        tmp_path_factory.mktemp("scgpt_small") / "m",
+        shared_dir / "models" / "scgpt-human",
+        nlayers=2,
+        embsize=16,
+        nhead=2,
+        d_hid=32,
+    )
+
+
+@pytest.fixture(scope="session")
+def pbmc_split(shared_dir):
+    """~60 training cells (3pv1 + 3pv2) and ~30 query cells (5p) of the 3-batch PBMC set (log-normalised)."""
+    import anndata as ad
+    import numpy as np
+
+    a = ad.read_h5ad(shared_dir / "data" / "pbmc_3batch_symphony.h5ad")
+    rng = np.random.default_rng(0)
+    train = a[a.obs["donor"].isin(["3pv1", "3pv2"]).to_numpy()]
+    train = train[np.sort(rng.choice(train.n_obs, 60, replace=False))].copy()
+    counts = train.obs["cell_type_broad"].map(train.obs["cell_type_broad"].value_counts()).to_numpy()
+    train = train[counts >= 3].copy()  # no label with one or two cells (refused by default; tested apart)
+    query = a[((a.obs["donor"] == "5p") & a.obs["cell_type_broad"].isin(set(train.obs["cell_type_broad"]))).to_numpy()]
+    query = query[np.sort(rng.choice(query.n_obs, 30, replace=False))].copy()
+    return train, query
