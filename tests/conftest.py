@@ -14,6 +14,12 @@ def _shared_dir() -> Path:
     return Path(env) if env else (REPO.parent / "shared")
 
 
+# module- and session-scoped fixtures (tiny checkpoints of every registered model) run before the autouse fixture
+# below: point them at ../shared too when pytest is run without nox's environment
+os.environ.setdefault("SCFMKIT_DATA_DIR", str(_shared_dir() / "data"))
+os.environ.setdefault("SCFMKIT_MODELS_DIR", str(_shared_dir() / "models"))
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
     """The real data and model vocabularies beside the checkout (``../shared``)."""
