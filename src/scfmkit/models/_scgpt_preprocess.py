@@ -3,12 +3,11 @@
 The algorithm is the reference's (``scgpt.preprocess.binning`` inside ``scgpt.tasks.cell_emb.embed_data``): a cell's
 non-zero values are put into ``n_bins - 1`` quantile bins of that cell's own non-zero values, values that sit on
 several equal bin edges are spread over those bins at random; ``<cls>`` comes first with ``pad_value``; a cell with
-more genes than fit is subsampled. Two changes make it reproducible and exactly invariant:
-
-- the bins are computed from ranks in exact integer arithmetic (the same result as ``np.quantile`` followed by
-  ``np.digitize`` on both sides, without floating-point edge cases), so any per-cell strictly increasing transform
-  of the values that keeps zeros at zero gives the same bins;
-- the random numbers come from a generator the caller passes (one per cell), not from numpy's global state.
+more genes than fit is subsampled. The edges are the reference's own (``np.quantile`` of the values in their dtype,
+then ``np.digitize`` from both sides, float rounding included), so with the reference's random stream the bins are
+identical, ties included. One change makes it reproducible: the random numbers come from a generator the caller
+passes (one per cell, or one ``numpy.random.RandomState`` for all cells to reproduce numpy's global stream), not from
+numpy's global state.
 """
 
 from __future__ import annotations
