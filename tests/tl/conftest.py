@@ -85,3 +85,13 @@ def write_sharp_checkpoint(out_dir, dictionaries_dir, *, max_position_embeddings
                 sd[k] = sd[k] * factor
     save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
     return path
+
+
+@pytest.fixture(scope="session")
+def gf_sharp_dirs(shared_dir, tmp_path_factory) -> dict[str, Path]:
+    """``write_sharp_checkpoint`` with the V1 and V2 dictionaries (1024 positions): the ISP parity checkpoints."""
+    base = tmp_path_factory.mktemp("gf_sharp")
+    return {
+        "v1": write_sharp_checkpoint(base / "v1", shared_dir / "models" / "geneformer-v1"),
+        "v2": write_sharp_checkpoint(base / "v2", shared_dir / "models" / "geneformer-v2-gc95M"),
+    }

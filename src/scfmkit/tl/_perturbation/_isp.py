@@ -138,6 +138,65 @@ def _null_targets(
     return out
 
 
+def _perturb_each_gene(
+    adata,
+    fm_model,
+    target,
+    *,
+    emb_layer,
+    pooling,
+    comparison,
+    batch_size,
+    device,
+    layer,
+    gene_key,
+    input,
+    mod,
+    key_added,
+    copy,
+):
+    """``genes="all"``: every gene of every cell deleted alone (see :func:`geneformer_perturb`)."""
+    from scfmkit._settings import settings
+    from scfmkit._utils import write_back
+
+    from ._isp_all import delete_each_gene
+
+    if not -fm_model.n_layers <= emb_layer <= 0:
+        msg = f"`emb_layer` must be between {-fm_model.n_layers} and 0, got {emb_layer}."
+        raise ValueError(msg)
+    if pooling not in {"mean", "cls"} or (pooling == "cls" and not fm_model.vocab.special_tokens):
+        msg = f"`pooling` must be 'mean' (or 'cls' for Geneformer V2), got {pooling!r}."
+        raise ValueError(msg)
+    tokens, coverage = fm_model.tokenize(target, layer=layer, gene_key=gene_key, input=input)
+    long, summary = delete_each_gene(
+        fm_model,
+        [tokens[i] for i in range(target.n_obs)],
+        list(target.obs_names),
+        emb_layer=emb_layer,
+        pooling=pooling,
+        comparison=comparison,
+        batch_size=batch_size or settings.batch_size,
+        device=settings.resolve_device(device or getattr(fm_model, "device", None)),
+    )
+    data = adata.copy() if copy else adata
+    tgt = get_modality(data, mod)
+    params = {
+        **fm_model.base_params,
+        "genes": "all",
+        "mode": "delete",
+        "emb_layer": emb_layer,
+        "pooling": pooling,
+        "comparison": comparison,
+        "input": input,
+        "gene_coverage": coverage.get("frac_vars_matched"),
+        "expression_predictions": False,
+    }
+    tgt.uns[key_added] = {"params": sanitize_params(params), "deletions": long, "gene_deletion": summary}
+    write_back(data, mod)
+    logger.info("In-silico deletion of each gene: %d deletions in %d cells", len(long), target.n_obs)
+    return data if copy else None
+
+
 def geneformer_perturb(
     adata: AnnData | MuData,
     model: Any = "geneformer-v1",
@@ -201,7 +260,11 @@ def geneformer_perturb(
     model
         Geneformer registry name, checkpoint directory or loaded :class:`~scfmkit.models.FoundationModel`.
     genes
-        Gene(s) to perturb together (symbols or Ensembl ids, as the model's dictionaries know them).
+        Gene(s) to perturb together (symbols or Ensembl ids, as the model's dictionaries know them), or ``"all"``:
+        each gene of each cell deleted on its own (the reference's ``genes_to_perturb="all"``; ``mode="delete"``,
+        no goal state, no null). That writes only ``uns['<key_added>']``: ``deletions`` (one row per cell and
+        deleted gene: ``cell``, ``gene_id``, ``token``, ``cos``, the cell value as above), ``gene_deletion`` (per
+        deleted gene: ``token``, ``mean_cos``, ``n_cells``) and ``params``.
     mode
         ``"delete"`` or ``"overexpress"``.
     goal_key, goal
@@ -255,6 +318,10 @@ def geneformer_perturb(
     if n_null < 0 or null_window < 1:
         msg = f"Need `n_null >= 0` and `null_window >= 1`, got {n_null} and {null_window}."
         raise ValueError(msg)
+    each_gene = isinstance(genes, str) and genes == "all"
+    if each_gene and (mode != "delete" or goal_key is not None):
+        msg = "`genes='all'` (each gene deleted alone) needs `mode='delete'` and no goal state."
+        raise ValueError(msg)
     genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
     if not genes:
         msg = "Pass at least one gene in `genes=`."
@@ -285,6 +352,23 @@ def geneformer_perturb(
         is_start = np.ones(target.n_obs, bool)
     fm_model = models.load(model, weights=weights, device=device)
     fm_model.require("in_silico_perturbation", what="geneformer_perturb")
+    if each_gene:
+        return _perturb_each_gene(
+            adata,
+            fm_model,
+            target,
+            emb_layer=emb_layer,
+            pooling=pooling,
+            comparison=comparison,
+            batch_size=batch_size,
+            device=device,
+            layer=layer,
+            gene_key=gene_key,
+            input=input,
+            mod=mod,
+            key_added=key_added,
+            copy=copy,
+        )
     match = fm_model.match_genes(genes)
     missing = [g for g, c in zip(genes, match.column, strict=True) if c < 0]
     if missing:

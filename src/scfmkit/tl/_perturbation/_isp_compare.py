@@ -135,7 +135,11 @@ def compare_pairs(
         for b in range(0, n, batch_size):
             idx = order[b : b + batch_size]
             hp = _forward([pairs[i].perturbed for i in idx])
-            ho = _forward([pairs[i].original for i in idx])
+            first = pairs[idx[0]].original
+            if all(pairs[i].original is first for i in idx):  # one cell perturbed many ways: embed it once
+                ho = _forward([first]).expand(len(idx), -1, -1)
+            else:
+                ho = _forward([pairs[i].original for i in idx])
             for r, i in enumerate(idx):
                 p = pairs[i]
                 gp = hp[r, torch.from_numpy(p.pert_keep).to(device)]
