@@ -21,17 +21,6 @@ if TYPE_CHECKING:
 __all__ = ["geneformer_perturb"]
 
 
-def _cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if b.ndim == 1:
-        b = np.broadcast_to(b, a.shape)
-    num = (a * b).sum(1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return num / den
-
-
 def _perturb_tokens(
     cell: np.ndarray, targets: Sequence[int], *, mode: str, skip: int, max_genes: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
