@@ -54,3 +54,44 @@ def pbmc_split(shared_dir):
     query = a[((a.obs["donor"] == "5p") & a.obs["cell_type_broad"].isin(set(train.obs["cell_type_broad"]))).to_numpy()]
     query = query[np.sort(rng.choice(query.n_obs, 30, replace=False))].copy()
     return train, query
+
+
+SHARP_GF = {"num_hidden_layers": 3, "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, "seed": 0}
+SHARP_SCALE = {"attention.self.query.weight": 6.0, "attention.self.key.weight": 6.0, "intermediate.dense.weight": 4.0}
+
+
+def write_sharp_checkpoint(out_dir, dictionaries_dir, *, max_position_embeddings: int = 1024) -> Path:
+    """A tiny random Geneformer whose attention and feed-forward weights are scaled up (``SHARP_SCALE``), so that
+    perturbing a gene moves the other genes' embeddings visibly (plain random small weights give cosines ~1 to float
+    precision, where a wrong comparison cannot fail a test); ``max_position_embeddings`` positions."""
+    from safetensors.torch import load_file, save_file
+
+    from scfmkit.models.geneformer import write_random_checkpoint
+
+    src, out_dir = Path(dictionaries_dir), Path(out_dir)
+    vocab = out_dir.parent / f"{out_dir.name}_vocab"
+    vocab.mkdir(parents=True, exist_ok=True)
+    for p in src.iterdir():
+        if p.is_file() and not p.name.endswith((".safetensors", ".bin")):
+            shutil.copyfile(p, vocab / p.name)
+    config = json.loads((src / "config.json").read_text())
+    config["max_position_embeddings"] = max_position_embeddings
+    (vocab / "config.json").write_text(json.dumps(config))
+    path = write_random_checkpoint(out_dir, vocab, **SHARP_GF)
+    sd = load_file(str(path / "model.safetensors"))
+    for k in sd:
+        for suffix, factor in SHARP_SCALE.items():
+            if k.endswith(suffix):
+                sd[k] = sd[k] * factor
+    save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
+    return path
+
+
+@pytest.fixture(scope="session")
+def gf_sharp_dirs(shared_dir, tmp_path_factory) -> dict[str, Path]:
+    """``write_sharp_checkpoint`` with the V1 and V2 dictionaries (1024 positions): the ISP parity checkpoints."""
+    base = tmp_path_factory.mktemp("gf_sharp")
+    return {
+        "v1": write_sharp_checkpoint(base / "v1", shared_dir / "models" / "geneformer-v1"),
+        "v2": write_sharp_checkpoint(base / "v2", shared_dir / "models" / "geneformer-v2-gc95M"),
+    }

@@ -326,9 +326,16 @@ def test_geneformer_perturb_delete_by_hand(tiny_gf, gf_cells):
     enc = tiny_gf.encoder(tiny_gf.n_layers - 1, "cpu")  # emb_layer=-1: second-to-last layer
     with torch.inference_mode():
         hidden = enc(torch.from_numpy(tokens[i][None].astype(np.int64)), torch.tensor([len(tokens[i])]))[0].numpy()
-    orig = hidden[tokens[i] != tok].mean(0)
-    expected = orig @ emb[0] / np.linalg.norm(orig) / np.linalg.norm(emb[0])
-    assert cos[i] == pytest.approx(expected, rel=1e-4)
+    with torch.inference_mode():
+        pert_hidden = enc(torch.from_numpy(cell[None].astype(np.int64)), torch.tensor([len(cell)]))[0].numpy()
+    orig = hidden[tokens[i] != tok]
+    # the reference's cell value: the mean over the other genes of each gene's cosine (original vs perturbed)
+    gene_cos = (orig * pert_hidden).sum(1) / np.linalg.norm(orig, axis=1) / np.linalg.norm(pert_hidden, axis=1)
+    assert cos[i] == pytest.approx(gene_cos.mean(), rel=1e-4)
+    pooled = fm.tl.geneformer_perturb(cells, tiny_gf, genes=gene, n_null=0, comparison="pooled", copy=True)
+    o, p = orig.mean(0), pert_hidden.mean(0)
+    expected = o @ p / np.linalg.norm(o) / np.linalg.norm(p)
+    assert pooled.obs["geneformer_perturb_cos"].iloc[i] == pytest.approx(expected, rel=1e-4)
     summary = out.uns["geneformer_perturb"]["summary"]
     assert summary["n_cells_perturbed"] == expressing.sum()
     assert 0 < summary["p_shift"] <= 1
@@ -370,6 +377,7 @@ def test_geneformer_perturb_goal_with_missing_states(tiny_gf, gf_cells):
         ({"genes": "x", "mode": "knockdown"}, ValueError, "mode"),
         ({"genes": "x", "goal_key": "state"}, ValueError, "both"),
         ({"genes": "x", "goal_key": "nope", "goal": "B"}, KeyError, "not an obs column"),
+        ({"genes": "x", "comparison": "cells"}, ValueError, "comparison"),
     ],
 )
 def test_geneformer_perturb_bad_input(tiny_gf, gf_cells, kwargs, err, match):

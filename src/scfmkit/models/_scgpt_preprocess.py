@@ -3,12 +3,11 @@
 The algorithm is the reference's (``scgpt.preprocess.binning`` inside ``scgpt.tasks.cell_emb.embed_data``): a cell's
 non-zero values are put into ``n_bins - 1`` quantile bins of that cell's own non-zero values, values that sit on
 several equal bin edges are spread over those bins at random; ``<cls>`` comes first with ``pad_value``; a cell with
-more genes than fit is subsampled. Two changes make it reproducible and exactly invariant:
-
-- the bins are computed from ranks in exact integer arithmetic (the same result as ``np.quantile`` followed by
-  ``np.digitize`` on both sides, without floating-point edge cases), so any per-cell strictly increasing transform
-  of the values that keeps zeros at zero gives the same bins;
-- the random numbers come from a generator the caller passes (one per cell), not from numpy's global state.
+more genes than fit is subsampled. The edges are the reference's own (``np.quantile`` of the values in their dtype,
+then ``np.digitize`` from both sides, float rounding included), so with the reference's random stream the bins are
+identical, ties included. One change makes it reproducible: the random numbers come from a generator the caller
+passes (one per cell, or one ``numpy.random.RandomState`` for all cells to reproduce numpy's global stream), not from
+numpy's global state.
 """
 
 from __future__ import annotations
@@ -29,7 +28,8 @@ def bin_values(row: np.ndarray, n_bins: int, rng: Any) -> np.ndarray:
     Parameters
     ----------
     row
-        1-D non-negative values of one cell (zeros allowed).
+        1-D non-negative values of one cell (zeros allowed), in the dtype the reference would see (the edges are
+        ``np.quantile`` of these values).
     n_bins
         ``n_bins`` of the model's ``args.json`` (51): non-zero values get bins ``1 .. n_bins - 1``, zeros stay 0.
     rng
@@ -48,21 +48,11 @@ def bin_values(row: np.ndarray, n_bins: int, rng: Any) -> np.ndarray:
         return out
     x = row[nz]
     n = x.size
-    n_edges = n_bins - 1
-    s = np.sort(x)
-    # edge k sits at the virtual index k (n - 1) / (n_edges - 1) of the sorted values (np.quantile, "linear")
-    num = np.arange(n_edges, dtype=np.int64) * (n - 1)
-    f = num // (n_edges - 1)
-    r = num % (n_edges - 1)
-    e = s[f]
-    nxt = s[np.minimum(f + 1, n - 1)]
-    # an edge equals s[f] when it falls on a value or between equal values, else it lies strictly inside (s[f], s[f+1])
-    on_value = (r == 0) | (nxt == e)
-    # left = #edges <= x, right = #edges < x (np.digitize with right=False / right=True)
-    point_edges = e[on_value]
-    gap_edges = e[~on_value]  # strictly above s[f]: <= x exactly when x > s[f]
-    left = np.searchsorted(point_edges, x, side="right") + np.searchsorted(gap_edges, x, side="left")
-    right = np.searchsorted(e, x, side="left")
+    # the reference's edges and digitisation, literally (np.quantile's float edges included: an edge that should be
+    # exactly a value can round a hair below it, which moves the random range of values tied there by one bin)
+    edges = np.quantile(x, np.linspace(0, 1, n_bins - 1))
+    left = np.digitize(x, edges)
+    right = np.digitize(x, edges, right=True)
     u = np.asarray(rng.random(n), dtype=np.float64)
     out[nz] = np.ceil(u * (right - left) + left).astype(np.int64)
     return out

@@ -365,7 +365,8 @@ class ScGPTModel(FoundationModel):
         ----------
         adata
             Cells x genes with gene symbols in ``var_names`` or ``var[gene_key]``. Values: raw counts or any per-cell
-            strictly increasing transform that keeps zeros (normalised, ``log1p``) - all give the same bins.
+            strictly increasing transform that keeps zeros (normalised, ``log1p``) - all give the same bins (up to
+            ``np.quantile``'s float rounding on tied values, as in the reference).
             Negative or non-finite values are refused.
         layer, gene_key
             Where the values and gene symbols are (default ``adata.X``, ``var_names``).

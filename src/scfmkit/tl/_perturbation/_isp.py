@@ -6,27 +6,19 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
 from scfmkit._labels import obs_strings
 from scfmkit._random import as_generator
 from scfmkit._utils import get_modality, logger, progress, sanitize_params
+
+from ._isp_compare import cell_embeddings, compare_pairs, perturb_pair
 
 if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
 
 __all__ = ["geneformer_perturb"]
-
-
-def _cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    if b.ndim == 1:
-        b = np.broadcast_to(b, a.shape)
-    num = (a * b).sum(1)
-    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return num / den
 
 
 def _perturb_tokens(
@@ -135,6 +127,65 @@ def _null_targets(
     return out
 
 
+def _perturb_each_gene(
+    adata,
+    fm_model,
+    target,
+    *,
+    emb_layer,
+    pooling,
+    comparison,
+    batch_size,
+    device,
+    layer,
+    gene_key,
+    input,
+    mod,
+    key_added,
+    copy,
+):
+    """``genes="all"``: every gene of every cell deleted alone (see :func:`geneformer_perturb`)."""
+    from scfmkit._settings import settings
+    from scfmkit._utils import write_back
+
+    from ._isp_all import delete_each_gene
+
+    if not -fm_model.n_layers <= emb_layer <= 0:
+        msg = f"`emb_layer` must be between {-fm_model.n_layers} and 0, got {emb_layer}."
+        raise ValueError(msg)
+    if pooling not in {"mean", "cls"} or (pooling == "cls" and not fm_model.vocab.special_tokens):
+        msg = f"`pooling` must be 'mean' (or 'cls' for Geneformer V2), got {pooling!r}."
+        raise ValueError(msg)
+    tokens, coverage = fm_model.tokenize(target, layer=layer, gene_key=gene_key, input=input)
+    long, summary = delete_each_gene(
+        fm_model,
+        [tokens[i] for i in range(target.n_obs)],
+        list(target.obs_names),
+        emb_layer=emb_layer,
+        pooling=pooling,
+        comparison=comparison,
+        batch_size=batch_size or settings.batch_size,
+        device=settings.resolve_device(device or getattr(fm_model, "device", None)),
+    )
+    data = adata.copy() if copy else adata
+    tgt = get_modality(data, mod)
+    params = {
+        **fm_model.base_params,
+        "genes": "all",
+        "mode": "delete",
+        "emb_layer": emb_layer,
+        "pooling": pooling,
+        "comparison": comparison,
+        "input": input,
+        "gene_coverage": coverage.get("frac_vars_matched"),
+        "expression_predictions": False,
+    }
+    tgt.uns[key_added] = {"params": sanitize_params(params), "deletions": long, "gene_deletion": summary}
+    write_back(data, mod)
+    logger.info("In-silico deletion of each gene: %d deletions in %d cells", len(long), target.n_obs)
+    return data if copy else None
+
+
 def geneformer_perturb(
     adata: AnnData | MuData,
     model: Any = "geneformer-v1",
@@ -152,6 +203,8 @@ def geneformer_perturb(
     input: str = "counts",
     emb_layer: int = -1,
     pooling: str = "mean",
+    comparison: str = "genes",
+    gene_shifts: bool = False,
     batch_size: int | None = None,
     device: str | None = None,
     rng: int | np.random.Generator | None = 0,
@@ -165,10 +218,20 @@ def geneformer_perturb(
     are not perturbed); ``mode="overexpress"`` moves them to the front of the encoding (right after ``<cls>`` in
     Geneformer V2), inserting them where the cell does not express them, and truncates to the input size. The genes
     are perturbed together; deletion needs cells that express all of them (as in Geneformer's InSilicoPerturber).
-    Each perturbed cell is re-embedded (same layer and pooling) and compared with its original embedding on the
-    genes both keep, as the reference does: the deleted or overexpressed genes (and genes truncated off the end)
-    are left out of both mean-pools. With a goal state, the shift toward the goal cells' mean embedding (all genes)
-    is ``cos(perturbed, goal) - cos(original, goal)``.
+
+    What is compared is what the reference ``InSilicoPerturber`` (``perturb_group`` mode) compares: each gene that
+    was not perturbed, in the perturbed cell and in the original, at the same layer. The perturbed genes are left
+    out of both sides. When overexpression pushes genes off the end of the encoding, the original is truncated by
+    the same number of genes (before ``<eos>``) and re-embedded, so that both cells lack the same genes. The cell
+    value ``cos`` is then, with ``pooling="mean"`` (Geneformer V1, ``emb_mode="cell"``), the mean over the compared
+    genes of each gene's cosine between its original and perturbed embedding; with ``pooling="cls"`` (V2,
+    ``emb_mode="cls"``) the cosine of the two ``<cls>`` embeddings. (V2 with ``pooling="mean"`` applies the V1 rule
+    to its gene positions; the reference has no such mode.) ``comparison="pooled"`` instead gives the cosine of the
+    two embeddings mean-pooled over the compared genes (this package's earlier rule; not the reference's). With a
+    goal state, as in the reference, both cells are pooled over all their positions (perturbed genes included; in V2
+    the ``<cls>`` embedding) and the shift toward the goal cells' mean embedding is
+    ``cos(perturbed, goal) - cos(original, goal)``. ``gene_shifts=True`` also reports, per affected gene, the mean
+    over cells of its cosine (the reference's ``cell_and_gene`` gene dictionary).
 
     The null repeats the same perturbation ``n_null`` times with random stand-in genes of matched expression rank:
     for an expressed target, a random gene of the same cell within ``null_window`` rank positions; for an inserted
@@ -186,7 +249,11 @@ def geneformer_perturb(
     model
         Geneformer registry name, checkpoint directory or loaded :class:`~scfmkit.models.FoundationModel`.
     genes
-        Gene(s) to perturb together (symbols or Ensembl ids, as the model's dictionaries know them).
+        Gene(s) to perturb together (symbols or Ensembl ids, as the model's dictionaries know them), or ``"all"``:
+        each gene of each cell deleted on its own (the reference's ``genes_to_perturb="all"``; ``mode="delete"``,
+        no goal state, no null). That writes only ``uns['<key_added>']``: ``deletions`` (one row per cell and
+        deleted gene: ``cell``, ``gene_id``, ``token``, ``cos``, the cell value as above), ``gene_deletion`` (per
+        deleted gene: ``token``, ``mean_cos``, ``n_cells``) and ``params``.
     mode
         ``"delete"`` or ``"overexpress"``.
     goal_key, goal
@@ -198,6 +265,11 @@ def geneformer_perturb(
         Repeats of the random-gene null (0 for none).
     null_window
         Rank positions around an expressed target from which its null stand-in is drawn.
+    comparison
+        ``"genes"`` (the reference's rule, default) or ``"pooled"`` (cosine of the mean-pooled embeddings), see above;
+        ignored with ``pooling="cls"``.
+    gene_shifts
+        Also write the per-gene cosines (``uns['<key_added>']['gene_cos']``).
     weights, layer, gene_key, input, emb_layer, pooling, batch_size, device
         As in :func:`scfmkit.tl.embed`.
     rng
@@ -214,12 +286,13 @@ def geneformer_perturb(
     -------
     ``None`` or a copy. Writes (NaN for cells that were not perturbed)
 
-    - ``obs['<key_added>_cos']``: cosine similarity of each cell's original and perturbed embedding;
+    - ``obs['<key_added>_cos']``: the cell value (see above: mean gene cosine, or ``<cls>`` cosine);
     - ``obs['<key_added>_shift']``: ``1 - cos``; ``obs['<key_added>_null_shift']``: its mean over the null repeats;
     - with a goal: ``obs['<key_added>_goal_shift']`` and ``obs['<key_added>_null_goal_shift']``;
     - ``obsm['X_<key_added>']``: the perturbed embeddings (float32; mean over the genes that were not perturbed);
     - ``uns['<key_added>']``: ``params`` and ``summary`` (cells perturbed, mean shifts, null means and empirical
-      p-values ``(1 + #null repeats with a mean at least as large) / (1 + n_null)``).
+      p-values ``(1 + #null repeats with a mean at least as large) / (1 + n_null)``); with ``gene_shifts=True``
+      also ``gene_cos``: a DataFrame indexed by the affected genes' ids (``token``, ``mean_cos``, ``n_cells``).
     """
     from scfmkit import models
     from scfmkit._settings import settings
@@ -228,8 +301,15 @@ def geneformer_perturb(
     if mode not in {"delete", "overexpress"}:
         msg = f"`mode` must be 'delete' or 'overexpress', got {mode!r}."
         raise ValueError(msg)
+    if comparison not in {"genes", "pooled"}:
+        msg = f"`comparison` must be 'genes' (as Geneformer's InSilicoPerturber) or 'pooled', got {comparison!r}."
+        raise ValueError(msg)
     if n_null < 0 or null_window < 1:
         msg = f"Need `n_null >= 0` and `null_window >= 1`, got {n_null} and {null_window}."
+        raise ValueError(msg)
+    each_gene = isinstance(genes, str) and genes == "all"
+    if each_gene and (mode != "delete" or goal_key is not None):
+        msg = "`genes='all'` (each gene deleted alone) needs `mode='delete'` and no goal state."
         raise ValueError(msg)
     genes = [genes] if isinstance(genes, str) else [str(g) for g in genes]
     if not genes:
@@ -261,48 +341,81 @@ def geneformer_perturb(
         is_start = np.ones(target.n_obs, bool)
     fm_model = models.load(model, weights=weights, device=device)
     fm_model.require("in_silico_perturbation", what="geneformer_perturb")
+    if each_gene:
+        return _perturb_each_gene(
+            adata,
+            fm_model,
+            target,
+            emb_layer=emb_layer,
+            pooling=pooling,
+            comparison=comparison,
+            batch_size=batch_size,
+            device=device,
+            layer=layer,
+            gene_key=gene_key,
+            input=input,
+            mod=mod,
+            key_added=key_added,
+            copy=copy,
+        )
     match = fm_model.match_genes(genes)
     missing = [g for g, c in zip(genes, match.column, strict=True) if c < 0]
     if missing:
         msg = f"Genes {missing} are not in {fm_model.name}'s dictionaries; check the names (symbols or Ensembl ids)."
         raise ValueError(msg)
     target_tokens = [int(match.token_ids[c]) for c in match.column]
+    if not -fm_model.n_layers <= emb_layer <= 0:
+        msg = f"`emb_layer` must be between {-fm_model.n_layers} and 0, got {emb_layer}."
+        raise ValueError(msg)
+    if pooling not in {"mean", "cls"} or (pooling == "cls" and not fm_model.vocab.special_tokens):
+        msg = f"`pooling` must be 'mean' (or 'cls' for Geneformer V2), got {pooling!r}."
+        raise ValueError(msg)
     gen = as_generator(rng)
 
     use = is_goal | is_start
     rows = np.flatnonzero(use)
     tokens, coverage = fm_model.tokenize(target[rows], layer=layer, gene_key=gene_key, input=input)
     skip = 1 if fm_model.vocab.special_tokens else 0
-    max_genes = fm_model.input_size - 2 * skip
     start_local = np.flatnonzero(is_start[rows])
+    bs = batch_size or settings.batch_size
+    dev = settings.resolve_device(device or getattr(fm_model, "device", None))
+    goal_mean = None
+    if goal_key is not None:
+        goal_local = np.flatnonzero(is_goal[rows])
+        goal_emb = cell_embeddings(
+            fm_model, [tokens[i] for i in goal_local], emb_layer=emb_layer, pooling=pooling, batch_size=bs, device=dev
+        )
+        goal_mean = goal_emb.mean(0)
 
-    def _run(target_ids_per_cell: Sequence[Sequence[int] | None], cells_local: np.ndarray):
-        """Perturb, then embed perturbed cells and their originals on the genes both keep."""
-        pert_ids, pert_ex, orig_ids, orig_ex, ok = [], [], [], [], []
+    def _run(target_ids_per_cell: Sequence[Sequence[int] | None], cells_local: np.ndarray, stats=None):
+        """Perturb, then compare each perturbed cell with its original as the reference does."""
+        pairs, ok = [], []
         for j, (i, targets) in enumerate(zip(cells_local, target_ids_per_cell, strict=True)):
             res = (
                 None
                 if targets is None
-                else _perturb_tokens(tokens[i], targets, mode=mode, skip=skip, max_genes=max_genes)
+                else perturb_pair(tokens[i], targets, mode=mode, skip=skip, max_len=fm_model.input_size)
             )
-            if res is None:
-                continue
-            pert_ids.append(res[0])
-            pert_ex.append(res[1])
-            orig_ids.append(tokens[i])
-            orig_ex.append(res[2])
-            ok.append(j)
+            if res is not None:
+                pairs.append(res)
+                ok.append(j)
         if not ok:
-            return np.zeros(0, int), None, None
-        kw = {"emb_layer": emb_layer, "pooling": pooling, "batch_size": bs, "device": device}
-        return (
-            np.asarray(ok),
-            _masked_embed(fm_model, pert_ids, pert_ex, **kw),
-            _masked_embed(fm_model, orig_ids, orig_ex, **kw),
+            return np.zeros(0, int), None
+        out = compare_pairs(
+            fm_model,
+            pairs,
+            emb_layer=emb_layer,
+            pooling=pooling,
+            comparison=comparison,
+            batch_size=bs,
+            device=dev,
+            goal=goal_mean,
+            gene_stats=stats,
         )
+        return np.asarray(ok), out
 
-    bs = batch_size or settings.batch_size
-    ok, pert, orig_cmp = _run([target_tokens] * len(start_local), start_local)
+    gene_stats: dict[int, list[float]] | None = {} if gene_shifts else None
+    ok, res = _run([target_tokens] * len(start_local), start_local, gene_stats)
     if len(ok) == 0:
         msg = (
             f"None of the start cells express all of {genes}; nothing to delete "
@@ -310,22 +423,8 @@ def geneformer_perturb(
         )
         raise ValueError(msg)
     pert_local = start_local[ok]
-    cos = _cos_rows(orig_cmp, pert)
-    goal_mean = None
-    if goal_key is not None:
-        goal_local = np.flatnonzero(is_goal[rows])
-        goal_tokens = [tokens[i] for i in goal_local]
-        goal_emb = _masked_embed(
-            fm_model,
-            goal_tokens,
-            [np.zeros(0, np.int64)] * len(goal_tokens),
-            emb_layer=emb_layer,
-            pooling=pooling,
-            batch_size=bs,
-            device=device,
-        )
-        goal_mean = goal_emb.mean(0)
-    goal_shift = _cos_rows(pert, goal_mean) - _cos_rows(orig_cmp, goal_mean) if goal_mean is not None else None
+    cos, pert = res["cos"], res["emb"]
+    goal_shift = res["goal_shift"] if goal_mean is not None else None
 
     var_genes = target.var_names if gene_key is None else target.var[gene_key].astype(str)
     pool = np.asarray(fm_model.match_genes(var_genes).token_ids)
@@ -336,12 +435,12 @@ def geneformer_perturb(
             _null_targets(tokens[i], target_tokens, skip=skip, window=null_window, pool=pool, gen=gen)
             for i in pert_local
         ]
-        ok_null, emb, orig_null = _run(stand_ins, pert_local)
+        ok_null, res_null = _run(stand_ins, pert_local)
         if len(ok_null) == 0:
             continue
-        null_shift[ok_null, r] = 1 - _cos_rows(orig_null, emb)
+        null_shift[ok_null, r] = 1 - res_null["cos"]
         if goal_mean is not None:
-            null_goal[ok_null, r] = _cos_rows(emb, goal_mean) - _cos_rows(orig_null, goal_mean)
+            null_goal[ok_null, r] = res_null["goal_shift"]
 
     def _p(observed: np.ndarray, null: np.ndarray) -> float:
         if null.shape[1] == 0:
@@ -396,12 +495,25 @@ def geneformer_perturb(
         "null_window": null_window,
         "emb_layer": emb_layer,
         "pooling": pooling,
+        "comparison": comparison,
+        "gene_shifts": gene_shifts,
         "input": input,
         "rng": rng if isinstance(rng, int | None) else "Generator",
         "gene_coverage": coverage.get("frac_vars_matched"),
         "expression_predictions": False,
     }
     tgt.uns[key_added] = {"params": sanitize_params(params), "summary": sanitize_params(summary)}
+    if gene_stats is not None:
+        inv = {int(t): str(g) for g, t in fm_model.vocab.token_dict.items()}
+        affected = np.array(sorted(gene_stats), dtype=np.int64)
+        tgt.uns[key_added]["gene_cos"] = pd.DataFrame(
+            {
+                "token": affected,
+                "mean_cos": [float(np.mean(gene_stats[t])) for t in affected.tolist()],
+                "n_cells": [len(gene_stats[t]) for t in affected.tolist()],
+            },
+            index=pd.Index([inv.get(t, str(t)) for t in affected.tolist()], name="gene_id"),
+        )
     write_back(data, mod, obsm_keys=[f"X_{key_added}"])
     logger.info(
         "In-silico %s of %s in %d cells: mean shift %.4g (null %.4g, p=%.3g)",
