@@ -267,7 +267,7 @@ def fit_classifier(
     weights of the epoch with the lowest validation loss are restored at the end. Returns one dict per epoch
     (``epoch``, ``train_loss``, ``seconds``, ``cells_per_s``, validation scores, ``lr``).
     """
-    from .._utils import progress
+    from .._utils import logger, progress
 
     cfg.check()
     y = np.asarray(y, dtype=np.int64)
@@ -278,7 +278,15 @@ def fit_classifier(
     loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(cfg.device))
     opt = _optimizer(net, cfg)
     accumulate = int(cfg.grad_accumulation)
-    steps_per_epoch = max(1, math.ceil(len(train_idx) / cfg.batch_size) // accumulate)
+    n_batches = math.ceil(len(train_idx) / cfg.batch_size)
+    if accumulate > 1 and n_batches * cfg.epochs < accumulate:
+        logger.warning(
+            "fine-tuning: %d batches in all but an optimiser step every %d batches (grad_accumulation): the weights "
+            "are not updated. Lower `grad_accumulation` or `batch_size` in train_options for small data.",
+            n_batches * cfg.epochs,
+            accumulate,
+        )
+    steps_per_epoch = max(1, n_batches // accumulate)
     sched, sched_every = _scheduler(opt, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler(torch.device(cfg.device).type) if cfg.precision in {"float16", "fp16"} else None
     history: list[dict[str, float]] = []
