@@ -1,7 +1,8 @@
 """The fine-tuning loop of every classifier network, and its prediction loop (torch, no AnnData).
 
 A network (:class:`~scfmkit.models._bert_classifier.BertSequenceClassifier`,
-:class:`~scfmkit.models._scgpt_classifier.ScGPTClassifier`) exposes ``collate(tokens, idx) -> dict of tensors``,
+:class:`~scfmkit.models._scgpt_classifier.ScGPTClassifier`,
+:class:`~scfmkit.models._scbert_classifier.ScBERTClassifier`) exposes ``collate(tokens, idx) -> dict of tensors``,
 ``forward(**batch) -> logits``, ``layer_modules()`` and ``embedding_modules()``; this module trains it with
 cross-entropy on integer labels. Every random number (batch order, dropout) comes from the seed: on CPU the same data
 and seed give identical weights. The global torch RNG of the caller is left as it was.
@@ -264,7 +265,7 @@ def fit_classifier(
     """Fine-tune ``net`` in place on cells ``train_idx`` of ``tokens`` with integer labels ``y``.
 
     After every epoch the validation cells (if any) are scored (loss, accuracy, macro-F1); with validation cells the
-    weights of the epoch with the lowest validation loss are restored at the end. Returns one dict per epoch
+    weights of the epoch with the best ``cfg.best_metric`` are restored at the end. Returns one dict per epoch
     (``epoch``, ``train_loss``, ``seconds``, ``cells_per_s``, validation scores, ``lr``).
     """
     from .._utils import logger, progress

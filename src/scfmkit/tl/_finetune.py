@@ -2,7 +2,8 @@
 
 The AnnData wrappers around the torch kernels of :mod:`scfmkit.models._classifier` (training loop),
 :mod:`scfmkit.models._bert_classifier` (Geneformer's ``BertForSequenceClassification``),
-:mod:`scfmkit.models._scgpt_classifier` (scGPT's ``ClsDecoder``) and :mod:`scfmkit.models._classifier_io` (folders).
+:mod:`scfmkit.models._scgpt_classifier` (scGPT's ``ClsDecoder``), :mod:`scfmkit.models._scbert_classifier` (scBERT's
+``Identity`` head) and :mod:`scfmkit.models._classifier_io` (folders).
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ class FineTunedClassifier:
 
     @property
     def family(self) -> str:
-        """``"geneformer"`` or ``"scgpt"``."""
+        """``"geneformer"``, ``"scgpt"`` or ``"scbert"``."""
         return self.net.family
 
     def __repr__(self) -> str:
