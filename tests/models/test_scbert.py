@@ -298,10 +298,11 @@ def test_embed_genes(model, cells, forward, golden, tmp_path):
 def test_classification_head(model, forward):
     import torch
 
-    head = model.classification_head(4, seed=1)
+    net = model.classification_head(4, seed=1)
     again = model.classification_head(4, seed=1)
     assert "classification" in model.capabilities
-    assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), again.state_dict().values(), strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values(), strict=True))
+    head = net.head
     assert head.fc1.in_features == N_GENES + 1 and head.conv1.kernel_size == (1, 200)
     with torch.inference_mode():
         logits = head(torch.from_numpy(forward[0][:2]))

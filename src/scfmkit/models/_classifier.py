@@ -1,7 +1,8 @@
 """The fine-tuning loop of every classifier network, and its prediction loop (torch, no AnnData).
 
 A network (:class:`~scfmkit.models._bert_classifier.BertSequenceClassifier`,
-:class:`~scfmkit.models._scgpt_classifier.ScGPTClassifier`) exposes ``collate(tokens, idx) -> dict of tensors``,
+:class:`~scfmkit.models._scgpt_classifier.ScGPTClassifier`,
+:class:`~scfmkit.models._scbert_classifier.ScBERTClassifier`) exposes ``collate(tokens, idx) -> dict of tensors``,
 ``forward(**batch) -> logits``, ``layer_modules()`` and ``embedding_modules()``; this module trains it with
 cross-entropy on integer labels. Every random number (batch order, dropout) comes from the seed: on CPU the same data
 and seed give identical weights. The global torch RNG of the caller is left as it was.
@@ -22,7 +23,7 @@ from torch import nn
 from ._base import autocast
 from ._tokens import TokenizedCells
 
-__all__ = ["TrainConfig", "fit_classifier", "predict_logits"]
+__all__ = ["TrainConfig", "cosine_restarts_lrs", "fit_classifier", "predict_logits"]
 
 
 @dataclass
@@ -43,22 +44,41 @@ class TrainConfig:
         AdamW's decoupled weight decay (Geneformer 0.001) and Adam's epsilon (scGPT 1e-4 under AMP).
     schedule
         ``"linear"`` (warm-up then linear decay to 0 per step, HuggingFace's), ``"step"`` (multiply by
-        ``step_gamma`` after every epoch, scGPT's ``StepLR``) or ``"constant"``.
+        ``step_gamma`` after every epoch, scGPT's ``StepLR``), ``"cosine_restarts"`` (scBERT's
+        ``CosineAnnealingWarmupRestarts``, stepped per epoch: from ``min_lr`` a linear warm-up of ``warmup_steps``
+        epochs to the cycle's peak, a cosine down to ``min_lr`` over the rest of the cycle of ``cycle_steps``
+        epochs; every new cycle is ``cycle_mult`` times as long (after the warm-up) and its peak ``step_gamma``
+        times the last one's) or ``"constant"``.
     warmup_steps
-        Linear warm-up steps of the ``"linear"`` schedule (capped at the number of steps).
+        Linear warm-up steps of the ``"linear"`` schedule (capped at the number of steps), epochs of the
+        ``"cosine_restarts"`` one (scBERT 5).
     step_gamma
-        Per-epoch factor of the ``"step"`` schedule (scGPT ``schedule_ratio`` 0.9).
+        Per-epoch factor of the ``"step"`` schedule (scGPT ``schedule_ratio`` 0.9), per-cycle factor of the peak of
+        ``"cosine_restarts"`` (scBERT 0.9).
+    cycle_steps, cycle_mult, min_lr
+        ``"cosine_restarts"``: epochs of the first cycle (scBERT 15), growth of the cycles (2) and the lowest
+        learning rate (1e-6).
+    grad_accumulation
+        Batches whose gradients are summed before an optimiser step (scBERT 60). As scBERT's ``finetune.py``, the
+        losses are not divided by it, gradients of batches left at an epoch's end carry over into the next epoch's
+        first step, and clipping and the optimiser step come every ``grad_accumulation`` batches.
     max_grad_norm
         Gradient clipping norm (``None``: none; HuggingFace's default 1.0, scGPT 1.0).
     freeze_layers
         The first ``freeze_layers`` transformer layers get no updates.
     freeze_embeddings
         The input embeddings get no updates.
+    trainable
+        ``"all"`` (every parameter may be updated) or ``"reference"``: only the modules the network's
+        ``reference_trainable()`` names (scBERT's ``finetune.py``: final LayerNorm, second-to-last layer, head).
     class_weights
         Per-class weights of the cross-entropy (``None``: all 1).
     patience
-        Stop after this many epochs without a lower validation loss (``None``: run every epoch). The weights of the
-        epoch with the lowest validation loss are kept (HuggingFace ``load_best_model_at_end``; scGPT ``best_model``).
+        Stop after this many epochs without a better validation score (``None``: run every epoch). The weights of the
+        epoch with the best score are kept (HuggingFace ``load_best_model_at_end``; scGPT ``best_model``).
+    best_metric
+        The validation score that picks the best epoch: ``"val_loss"`` (lowest; Geneformer, scGPT) or
+        ``"val_accuracy"`` (highest; scBERT's ``finetune.py``).
     seed
         Seed of batch order and dropout.
     device, precision
@@ -76,11 +96,17 @@ class TrainConfig:
     schedule: str = "linear"
     warmup_steps: int = 0
     step_gamma: float = 0.9
+    cycle_steps: int = 15
+    cycle_mult: float = 2.0
+    min_lr: float = 1e-6
+    grad_accumulation: int = 1
     max_grad_norm: float | None = 1.0
     freeze_layers: int = 0
     freeze_embeddings: bool = False
+    trainable: str = "all"
     class_weights: list[float] | None = None
     patience: int | None = None
+    best_metric: str = "val_loss"
     seed: int = 0
     device: str = "cpu"
     precision: str = "float32"
@@ -88,7 +114,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Clear errors for values the loop cannot use."""
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "grad_accumulation", "cycle_steps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 msg = f"`{name}` must be a positive integer, got {v!r}."
@@ -99,8 +125,17 @@ class TrainConfig:
         if self.optimizer not in {"adamw", "adam"}:
             msg = f"`optimizer` must be 'adamw' or 'adam', got {self.optimizer!r}."
             raise ValueError(msg)
-        if self.schedule not in {"linear", "step", "constant"}:
-            msg = f"`schedule` must be 'linear', 'step' or 'constant', got {self.schedule!r}."
+        if self.schedule not in {"linear", "step", "cosine_restarts", "constant"}:
+            msg = f"`schedule` must be 'linear', 'step', 'cosine_restarts' or 'constant', got {self.schedule!r}."
+            raise ValueError(msg)
+        if self.schedule == "cosine_restarts" and not 0 <= self.warmup_steps < self.cycle_steps:
+            msg = f"`warmup_steps` ({self.warmup_steps}) must be below `cycle_steps` ({self.cycle_steps})."
+            raise ValueError(msg)
+        if self.trainable not in {"all", "reference"}:
+            msg = f"`trainable` must be 'all' or 'reference', got {self.trainable!r}."
+            raise ValueError(msg)
+        if self.best_metric not in {"val_loss", "val_accuracy"}:
+            msg = f"`best_metric` must be 'val_loss' or 'val_accuracy', got {self.best_metric!r}."
             raise ValueError(msg)
         if self.patience is not None and (not isinstance(self.patience, (int, np.integer)) or self.patience < 1):
             msg = f"`patience` must be a positive integer or None, got {self.patience!r}."
@@ -120,8 +155,16 @@ def _freeze(net: nn.Module, cfg: TrainConfig) -> None:
     if cfg.freeze_layers > len(layers):
         msg = f"`freeze_layers={cfg.freeze_layers}` but the model has {len(layers)} layers."
         raise ValueError(msg)
+    fixed = {id(p) for p in net.parameters() if not p.requires_grad}  # fixed by the network (scBERT's gene2vec)
     for p in net.parameters():
-        p.requires_grad_(True)
+        p.requires_grad_(id(p) not in fixed)
+    if cfg.trainable == "reference":
+        if not hasattr(net, "reference_trainable"):
+            msg = f"`trainable='reference'` needs a network with a reference recipe; {net.family} has none."
+            raise ValueError(msg)
+        keep = {id(p) for m in net.reference_trainable() for p in m.parameters()}
+        for p in net.parameters():
+            p.requires_grad_(p.requires_grad and id(p) in keep)
     frozen = list(layers[: cfg.freeze_layers]) + (net.embedding_modules() if cfg.freeze_embeddings else [])
     for module in frozen:
         for p in module.parameters():
@@ -156,7 +199,35 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: in
         return torch.optim.lr_scheduler.LambdaLR(opt, factor), "step"
     if cfg.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(opt, 1, gamma=cfg.step_gamma), "epoch"
+    if cfg.schedule == "cosine_restarts":
+        lrs = cosine_restarts_lrs(cfg, cfg.epochs)
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: lrs[min(e, len(lrs) - 1)] / cfg.learning_rate), "epoch"
     return None, None
+
+
+def cosine_restarts_lrs(cfg: TrainConfig, n_epochs: int) -> list[float]:
+    """The learning rate of each epoch under scBERT's ``CosineAnnealingWarmupRestarts`` (its ``utils.py``).
+
+    The reference sets the rate to ``min_lr`` at construction and steps once per epoch after training it, so epoch
+    ``k`` (from 0) trains at step ``k`` of the cycles.
+    """
+    lo, peak0, warm = cfg.min_lr, cfg.learning_rate, cfg.warmup_steps
+    out, step, cycle, length = [], 0, 0, cfg.cycle_steps
+    for k in range(n_epochs):
+        if k > 0:
+            step += 1
+            if step >= length:
+                cycle += 1
+                step -= length
+                length = int((length - warm) * cfg.cycle_mult) + warm
+        peak = peak0 * cfg.step_gamma**cycle
+        if k == 0:
+            out.append(lo)
+        elif step < warm:
+            out.append((peak - lo) * step / warm + lo)
+        else:
+            out.append(lo + (peak - lo) * (1 + math.cos(math.pi * (step - warm) / (length - warm))) / 2)
+    return out
 
 
 def _batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -194,10 +265,10 @@ def fit_classifier(
     """Fine-tune ``net`` in place on cells ``train_idx`` of ``tokens`` with integer labels ``y``.
 
     After every epoch the validation cells (if any) are scored (loss, accuracy, macro-F1); with validation cells the
-    weights of the epoch with the lowest validation loss are restored at the end. Returns one dict per epoch
+    weights of the epoch with the best ``cfg.best_metric`` are restored at the end. Returns one dict per epoch
     (``epoch``, ``train_loss``, ``seconds``, ``cells_per_s``, validation scores, ``lr``).
     """
-    from .._utils import progress
+    from .._utils import logger, progress
 
     cfg.check()
     y = np.asarray(y, dtype=np.int64)
@@ -207,11 +278,21 @@ def fit_classifier(
     weight = None if cfg.class_weights is None else torch.tensor(cfg.class_weights, dtype=torch.float32)
     loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(cfg.device))
     opt = _optimizer(net, cfg)
-    steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
+    accumulate = int(cfg.grad_accumulation)
+    n_batches = math.ceil(len(train_idx) / cfg.batch_size)
+    if accumulate > 1 and n_batches * cfg.epochs < accumulate:
+        logger.warning(
+            "fine-tuning: %d batches in all but an optimiser step every %d batches (grad_accumulation): the weights "
+            "are not updated. Lower `grad_accumulation` or `batch_size` in train_options for small data.",
+            n_batches * cfg.epochs,
+            accumulate,
+        )
+    steps_per_epoch = max(1, n_batches // accumulate)
     sched, sched_every = _scheduler(opt, cfg, steps_per_epoch)
     scaler = torch.amp.GradScaler(torch.device(cfg.device).type) if cfg.precision in {"float16", "fp16"} else None
     history: list[dict[str, float]] = []
-    best_loss, best_state, best_epoch, bad = math.inf, None, -1, 0
+    best_score, best_state, best_epoch, bad = -math.inf, None, -1, 0
+    sign = 1.0 if cfg.best_metric == "val_accuracy" else -1.0
     devices = [cfg.device] if torch.device(cfg.device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(cfg.seed)
@@ -221,18 +302,24 @@ def fit_classifier(
             t0 = time.perf_counter()
             order = rng.permutation(np.asarray(train_idx))
             total, n_seen = 0.0, 0
-            for idx in _batches(order, cfg.batch_size):
+            for b, idx in enumerate(_batches(order, cfg.batch_size), start=1):
                 batch = _to(net.collate(tokens, idx), cfg.device)
                 target = torch.from_numpy(y[idx]).to(cfg.device)
                 with autocast(cfg.device, cfg.precision):
                     logits = net(**batch)
                 loss = loss_fn(logits.float(), target)
-                opt.zero_grad(set_to_none=True)
+                if accumulate == 1:
+                    opt.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
-                    scaler.unscale_(opt)
                 else:
                     loss.backward()
+                if accumulate > 1 and b % accumulate:  # scBERT: gradients summed until every `accumulate`-th batch
+                    total += float(loss.detach()) * len(idx)
+                    n_seen += len(idx)
+                    continue
+                if scaler is not None:
+                    scaler.unscale_(opt)
                 if cfg.max_grad_norm is not None:
                     nn.utils.clip_grad_norm_([p for p in net.parameters() if p.requires_grad], cfg.max_grad_norm)
                 if scaler is not None:
@@ -240,6 +327,8 @@ def fit_classifier(
                     scaler.update()
                 else:
                     opt.step()
+                if accumulate > 1:
+                    opt.zero_grad(set_to_none=True)
                 if sched_every == "step":
                     sched.step()
                 total += float(loss.detach()) * len(idx)
@@ -256,8 +345,8 @@ def fit_classifier(
                 sched.step()
             if val_idx is not None and len(val_idx):
                 row |= _evaluate(net, tokens, y, val_idx, cfg, loss_fn)
-                if row["val_loss"] < best_loss:
-                    best_loss, best_epoch, bad = row["val_loss"], epoch + 1, 0
+                if sign * row[cfg.best_metric] > best_score:
+                    best_score, best_epoch, bad = sign * row[cfg.best_metric], epoch + 1, 0
                     best_state = copy.deepcopy({k: v.detach().clone() for k, v in net.state_dict().items()})
                 else:
                     bad += 1

@@ -3,7 +3,9 @@
 Geneformer: a HuggingFace ``BertForSequenceClassification`` folder, the layout Geneformer's ``Classifier`` saves
 (``config.json`` with ``id2label``/``label2id``, ``model.safetensors`` in HuggingFace's names) plus the dictionaries;
 such a folder saved by Geneformer (or ``transformers``) loads here too. scGPT: ``args.json``, ``vocab.json`` and
-``model.safetensors`` in the reference ``TransformerModel``'s names (encoder and ``cls_decoder.*``). Both get
+``model.safetensors`` in the reference ``TransformerModel``'s names (encoder and ``cls_decoder.*``). scBERT:
+``gene_list.txt`` and ``model.safetensors`` in the reference fine-tuned ``PerformerLM``'s names (encoder and the head
+as ``to_out.*``, the ``model_state_dict`` of its ``finetune.py`` checkpoints). All get
 ``scfmkit_classifier.json`` (labels, label key, training and tokenisation options, history). No pickles are
 executed: dictionaries are read by the restricted unpickler, weights with safetensors or ``weights_only``.
 """
@@ -42,6 +44,10 @@ def write_classifier(
         meta |= {"dropout": net.dropout, "nlayers_cls": net.nlayers_cls}
         (out / "args.json").write_text(json.dumps(base.args, indent=2))
         (out / "vocab.json").write_text(json.dumps(base.vocab, indent=1))
+        save_file(net.state_dict_reference(), str(out / "model.safetensors"), metadata={"format": "pt"})
+    elif net.family == "scbert":
+        meta |= {"h_dim": net.h_dim, "dropout": net.dropout, "base_name": base.name}
+        (out / "gene_list.txt").write_text("\n".join(base.genes) + "\n")
         save_file(net.state_dict_reference(), str(out / "model.safetensors"), metadata={"format": "pt"})
     else:  # pragma: no cover - every family with "classification" is handled above
         msg = f"Cannot save a {net.family} classifier."
@@ -86,6 +92,8 @@ def read_classifier(path: str | Path, *, dictionaries: str | Path | None = None,
         family = "scgpt" if (folder / "args.json").is_file() else "geneformer"
     if family == "geneformer":
         net, base, names = _read_geneformer(folder, dictionaries)
+    elif family == "scbert":
+        net, base, names = _read_scbert(folder, meta)
     else:
         net, base, names = _read_scgpt(folder, meta)
     names = list(labels) if labels is not None else list(meta.get("labels") or names)
@@ -192,6 +200,53 @@ def _read_scgpt(folder: Path, meta: dict[str, Any]):
         net.load_state_dict_reference(state)
     except RuntimeError as err:
         msg = f"{folder / 'model.safetensors'} does not match args.json/vocab.json ({err})."
+        raise ValueError(msg) from err
+    net.eval()
+    return net, base, [f"LABEL_{i}" for i in range(n_classes)]
+
+
+def _read_scbert(folder: Path, meta: dict[str, Any]):
+    import torch
+
+    from ._io import check_finite, load_state_dict, sha256_file
+    from ._performer import PerformerConfig, ScBertLM
+    from ._scbert_classifier import ScBERTClassifier
+    from ._scbert_io import read_gene_list
+    from .scbert import ScBERTModel
+
+    for fname in ("gene_list.txt", "model.safetensors"):
+        if not (folder / fname).is_file():
+            msg = f"{folder} is not an scBERT classifier folder: {fname} is missing."
+            raise FileNotFoundError(msg)
+    wfile = folder / "model.safetensors"
+    state = load_state_dict(wfile)
+    check_finite(state, source=wfile)
+    if "to_out.fc3.weight" not in state:
+        msg = f"{wfile} has no to_out.fc3 weights; it is not an scBERT cell classifier."
+        raise ValueError(msg)
+    cfg = PerformerConfig.from_state_dict(state)
+    genes = read_gene_list(folder / "gene_list.txt")
+    pos_dtype = state["pos_emb.emb.weight"].dtype
+    with torch.device("meta"):
+        shell = ScBertLM(cfg, pos_dtype=pos_dtype)
+    base = ScBERTModel(
+        shell,
+        genes=genes,
+        name=str(meta.get("base_name", "scbert")),
+        weights_id=f"sha256:{sha256_file(wfile)}",
+        source=str(folder),
+    )
+    n_classes = int(state["to_out.fc3.weight"].shape[0])
+    net = ScBERTClassifier(
+        ScBertLM(cfg, pos_dtype=pos_dtype),
+        n_classes,
+        h_dim=int(meta.get("h_dim", state["to_out.fc2.weight"].shape[0])),
+        dropout=float(meta.get("dropout", 0.0)),
+    )
+    try:
+        net.load_state_dict_reference(state)
+    except RuntimeError as err:
+        msg = f"{wfile} does not match gene_list.txt ({err})."
         raise ValueError(msg) from err
     net.eval()
     return net, base, [f"LABEL_{i}" for i in range(n_classes)]

@@ -12,7 +12,8 @@ Differences from the reference, none of which changes a number at batch size 1 (
   cells share a batch. Here a cell's embedding never depends on its batch.
 - projection matrices are never redrawn (the reference redraws them every 1000 training calls); they are the
   checkpoint's, as in the reference's evaluation mode.
-- the kernels work in place (no temporaries of the random-feature size), skip the ``repeat`` of the projection
+- the kernels work in place (no temporaries of the random-feature size; out of place while autograd records, for
+  fine-tuning), skip the ``repeat`` of the projection
   and the constant ``m^-1/2`` of the features (it cancels in linear attention): the same numbers up to float
   rounding, with less memory and time.
 """
@@ -130,6 +131,9 @@ def softmax_kernel(
         shift += dash.amax(dim=-1, keepdim=True)
     else:
         shift += dash.amax(dim=(1, 2, 3), keepdim=True)
+    if torch.is_grad_enabled() and (data.requires_grad or projection.requires_grad):  # training: autograd-safe
+        out = torch.exp(dash - shift) + eps
+        return out * m**-0.5 if scaled else out
     out = dash.sub_(shift).exp_().add_(eps)
     return out.mul_(m**-0.5) if scaled else out
 
@@ -139,7 +143,8 @@ def linear_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch
     k_sum = k.sum(dim=-2)
     d_inv = 1.0 / torch.matmul(q, k_sum.type_as(q).unsqueeze(-1))
     context = torch.matmul(k.transpose(-2, -1), v)
-    return torch.matmul(q, context).mul_(d_inv)
+    out = torch.matmul(q, context)
+    return out * d_inv if torch.is_grad_enabled() and out.requires_grad else out.mul_(d_inv)
 
 
 def gaussian_orthogonal_random_matrix(

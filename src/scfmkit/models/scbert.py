@@ -109,24 +109,24 @@ class ScBERTModel(FoundationModel):
         """Number of model genes (16,906 for the released model)."""
         return len(self.genes)
 
-    def classification_head(self, n_classes: int, *, seed: int = 0, h_dim: int = 128, dropout: float = 0.0) -> Any:
-        """A new, seeded fine-tuning head as the reference's (``finetune.py``): encodings ``(b, n, 200)`` -> logits.
+    def classification_head(
+        self, n_classes: int, *, seed: int = 0, pretrained: bool = True, h_dim: int = 128, dropout: float = 0.0
+    ) -> Any:
+        """The encoder with the reference fine-tuning head (``Identity`` of ``finetune.py``), seeded.
 
-        The reference trains it together with the final LayerNorm and ``performer.net.layers[-2]`` (its code unfreezes
-        the second-to-last Performer layer), on the encoder output of :attr:`module`.
+        A :class:`~scfmkit.models._scbert_classifier.ScBERTClassifier`: bins ``(b, n_genes + 1)`` -> logits.
+        ``pretrained=False`` draws the encoder at random too (gene2vec stays fixed). The model's own weights are not
+        changed.
         """
-        import torch
-
-        from ._performer import ClassificationHead
+        from ._scbert_classifier import ScBERTClassifier
 
         if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 2:
             msg = f"`n_classes` must be an integer >= 2, got {n_classes!r}."
             raise ValueError(msg)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
-            return ClassificationHead(
-                self.config.max_seq_len, int(n_classes), dim=self.config.dim, h_dim=h_dim, dropout=dropout
-            )
+        kw = {"seed": int(seed), "h_dim": h_dim, "dropout": dropout}
+        if not pretrained:
+            return ScBERTClassifier.random(self.module, int(n_classes), **kw)
+        return ScBERTClassifier(self.module, int(n_classes), **kw)
 
     # ------------------------------------------------------------------ genes
     def match_genes(self, genes: pd.Index | list[str], *, gene_id_type: str = "auto") -> GeneMatch:

@@ -2,7 +2,8 @@
 
 The AnnData wrappers around the torch kernels of :mod:`scfmkit.models._classifier` (training loop),
 :mod:`scfmkit.models._bert_classifier` (Geneformer's ``BertForSequenceClassification``),
-:mod:`scfmkit.models._scgpt_classifier` (scGPT's ``ClsDecoder``) and :mod:`scfmkit.models._classifier_io` (folders).
+:mod:`scfmkit.models._scgpt_classifier` (scGPT's ``ClsDecoder``), :mod:`scfmkit.models._scbert_classifier` (scBERT's
+``Identity`` head) and :mod:`scfmkit.models._classifier_io` (folders).
 """
 
 from __future__ import annotations
@@ -28,7 +29,11 @@ __all__ = ["FineTunedClassifier", "annotate", "finetune", "finetune_proba", "loa
 
 #: Defaults of each family: Geneformer's ``Classifier`` (cell classifier, ``get_default_train_args``) and the scGPT
 #: annotation tutorial (``Tutorial_Annotation``: lr 1e-4, batch 32, 10 epochs, StepLR 0.9 per epoch, Adam,
-#: dropout 0.2, gradient clipping 1.0, max_seq_len 3001).
+#: dropout 0.2, gradient clipping 1.0, max_seq_len 3001) and scBERT's ``finetune.py`` (Adam lr 1e-4, batch 3 with
+#: 60 batches of gradient accumulation, 100 epochs, ``CosineAnnealingWarmupRestarts(first_cycle_steps=15,
+#: cycle_mult=2, min_lr=1e-6, warmup_steps=5, gamma=0.9)`` per epoch, clipping at 1e6, only the final LayerNorm,
+#: ``layers[-2]`` and the head trained, the epoch with the best validation accuracy kept, stopping once 10 epochs in
+#: a row have not improved it: ``trigger_times > PATIENCE``, i.e. patience 11; no class weights in its loss).
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "geneformer": {
         "epochs": 10,
@@ -49,6 +54,24 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
         "schedule": "step",
         "step_gamma": 0.9,
         "max_grad_norm": 1.0,
+    },
+    "scbert": {
+        "epochs": 100,
+        "learning_rate": 1e-4,
+        "batch_size": 3,
+        "grad_accumulation": 60,
+        "optimizer": "adam",
+        "weight_decay": 0.0,
+        "schedule": "cosine_restarts",
+        "cycle_steps": 15,
+        "cycle_mult": 2.0,
+        "min_lr": 1e-6,
+        "warmup_steps": 5,
+        "step_gamma": 0.9,
+        "max_grad_norm": 1e6,
+        "trainable": "reference",
+        "best_metric": "val_accuracy",
+        "patience": 11,
     },
 }
 _SCGPT_MAX_LENGTH = 3001  # the tutorial's max_seq_len
@@ -95,7 +118,7 @@ class FineTunedClassifier:
 
     @property
     def family(self) -> str:
-        """``"geneformer"`` or ``"scgpt"``."""
+        """``"geneformer"``, ``"scgpt"`` or ``"scbert"``."""
         return self.net.family
 
     def __repr__(self) -> str:
@@ -326,7 +349,11 @@ def finetune(
     AdamW lr 5e-5, weight decay 0.001, linear schedule with 500 warm-up steps, batch 12, weights of the epoch with the
     lowest validation loss). scGPT gets the reference ``ClsDecoder`` on its ``<cls>`` state with the annotation
     tutorial's defaults (10 epochs, Adam lr 1e-4, batch 32, learning rate x0.9 per epoch, dropout 0.2, best
-    validation loss, up to 3001 tokens). Released model sizes are the defaults; everything is reproducible on CPU
+    validation loss, up to 3001 tokens). scBERT gets the reference ``Identity`` head (a ``1 x 200`` convolution over
+    every position's encoding, then three linear layers) with ``finetune.py``'s recipe (100 epochs, Adam lr 1e-4,
+    batch 3 with 60 batches of gradient accumulation, cosine warm-up restarts per epoch, only LayerNorm, the
+    second-to-last layer and the head trained, best validation accuracy, patience 11; see ``FAMILY_DEFAULTS``).
+    Released model sizes are the defaults; everything is reproducible on CPU
     (same data and ``rng`` give identical weights).
 
     Parameters
@@ -358,7 +385,8 @@ def finetune(
         ``"balanced"`` (``n / (n_classes * count)``), a dict label -> weight, or one weight per class (in
         :attr:`FineTunedClassifier.labels` order) for the cross-entropy.
     patience
-        Early stopping: stop after ``patience`` epochs without a lower validation loss.
+        Early stopping: stop after ``patience`` epochs without a better validation score (``None``: the family's
+        default, which is none for Geneformer and scGPT and 11 for scBERT).
     min_cells_per_label
         Labels with fewer training cells are refused with an error naming them (a class with one cell can be neither
         validated nor learned); remove those cells or lower this to 1 to keep them.
@@ -442,12 +470,13 @@ def finetune(
     if unknown:
         msg = f"Unknown train_options {sorted(unknown)}; see scfmkit.models._classifier.TrainConfig."
         raise TypeError(msg)
+    family_patience = options.pop("patience", None)
     cfg = TrainConfig(
         **options,
         freeze_layers=freeze_layers,
         freeze_embeddings=freeze_embeddings,
         class_weights=_class_weights(class_weights, y[train_idx], classes),
-        patience=patience,
+        patience=patience if patience is not None else family_patience,
         seed=seed,
         device=dev,
         precision=prec,
