@@ -1,6 +1,6 @@
 """Plumbing of the blockwise (dask) engine: row blocks of a matrix, the per-process model cache, the zarr block store.
 
-No AnnData here and no model code: :mod:`scfmkit.tl._distributed` builds the tasks from these parts. dask,
+No AnnData here and no model code: :mod:`scfmkit._blockwise` builds the tasks from these parts. dask,
 distributed and zarr are imported inside the functions (``pip install 'scfmkit[dask]'``).
 """
 

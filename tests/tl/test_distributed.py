@@ -14,8 +14,7 @@ pytest.importorskip("distributed")
 pytest.importorskip("zarr")
 
 import scfmkit as fm
-from scfmkit import _dask
-from scfmkit.tl import _distributed
+from scfmkit import _blockwise, _dask
 
 TINY = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, "seed": 0}
 N_CELLS, N_GENES = 60, 600
@@ -103,7 +102,7 @@ def test_backed_h5ad_input(cells, gf_dir, reference, tmp_path):
 
     cells.write_h5ad(tmp_path / "in.h5ad")
     backed = ad.read_h5ad(tmp_path / "in.h5ad", backed="r")
-    emb, _ = _distributed.embed_blockwise(backed, fm.models.load(str(gf_dir)), block_size=25)
+    emb, _ = _blockwise.embed_blockwise(backed, fm.models.load(str(gf_dir)), block_size=25)
     np.testing.assert_allclose(emb, reference.obsm["X_geneformer"], atol=1e-6)
     backed.file.close()
 
@@ -166,7 +165,7 @@ def test_cluster_store_killed_then_resumed(client, cells, gf_dir, reference, tmp
     model = fm.models.load(str(gf_dir))
     store = tmp_path / "emb.zarr"
     with pytest.raises(RuntimeError, match="on purpose"):
-        _distributed.embed_blockwise(
+        _blockwise.embed_blockwise(
             cells, model, block_size=12, store=store, key="X_geneformer", _fail_blocks=frozenset({3, 4})
         )
     import zarr

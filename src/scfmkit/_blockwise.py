@@ -7,6 +7,9 @@ tokeniser and forward pass as the in-memory path), so tokens are identical and e
 whatever the block size or the number of workers. Per-cell results are concatenated (or written block by block into
 a zarr :class:`~scfmkit._dask.BlockStore`, resumable); the run-level numbers (gene coverage, counts of cells) are
 reduced from per-block sums, and the contextual gene embeddings from per-block sums and counts.
+
+Below ``pp`` and ``tl`` (both call it; it imports neither): the wrappers ``fm.pp.tokenize``, ``fm.tl.embed`` and
+``fm.tl.embed_genes`` dispatch here.
 """
 
 from __future__ import annotations
@@ -18,16 +21,16 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .. import _dask
-from .._checks import get_matrix, var_names
-from .._dask import is_dask
-from .._random import as_seed
-from .._utils import logger, sanitize_params
+from . import _dask
+from ._checks import get_matrix, var_names
+from ._dask import is_dask
+from ._random import as_seed
+from ._utils import logger, sanitize_params
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-    from ..models import FoundationModel, TokenizedCells
+    from .models import FoundationModel, TokenizedCells
 
 __all__ = ["embed_blockwise", "is_dask", "embed_genes_blockwise", "tokenize_blockwise", "wants_blockwise"]
 
@@ -247,7 +250,7 @@ def _tokens_task(ref, X, obs, var, options, index, fail_blocks):
             parts.append(tokens)
             total += stats["total"]
             matched += stats["matched"]
-        from ..models import TokenizedCells
+        from .models import TokenizedCells
 
         return TokenizedCells.concatenate(parts), np.array([total, matched])
     tokens, params = model.tokenize(blk, **options)
@@ -430,7 +433,7 @@ def tokenize_blockwise(
     """Tokens of every cell block by block (identical to :meth:`~scfmkit.models.FoundationModel.tokenize`)."""
     import dask
 
-    from ..models import TokenizedCells
+    from .models import TokenizedCells
 
     inp = _Input(adata, layer, gene_key, block_size)
     options = _options(model, {"gene_key": gene_key, **options})
