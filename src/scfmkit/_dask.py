@@ -245,7 +245,7 @@ def task_threads() -> int | None:
     import sys
 
     budget = os.environ.get("OMP_NUM_THREADS", "")
-    if "torch" not in sys.modules or "distributed" not in sys.modules or not budget.isdigit() or int(budget) < 1:
+    if "distributed" not in sys.modules or not budget.isdigit() or int(budget) < 1:
         return None
     from distributed import get_worker
 
@@ -253,7 +253,7 @@ def task_threads() -> int | None:
         get_worker()
     except ValueError:
         return None
-    import torch
+    import torch  # the task is about to run a torch model
 
     if torch.get_num_threads() != int(budget):
         torch.set_num_threads(int(budget))

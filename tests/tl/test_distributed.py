@@ -86,6 +86,13 @@ def test_tokens_identical(cells, gf_dir, block_size):
     assert cov1 == pytest.approx(cov0)
 
 
+def test_duplicates_option_honoured(cells, gf_dir):
+    kw = {"duplicates": "sum", "copy": True}
+    ref = fm.tl.embed(cells, str(gf_dir), **kw)
+    out = fm.tl.embed(cells, str(gf_dir), block_size=25, **kw)
+    np.testing.assert_allclose(out.obsm["X_geneformer"], ref.obsm["X_geneformer"], atol=1e-6)
+
+
 def test_lazy_zarr_input(cells, gf_dir, reference, tmp_path):
     from anndata.experimental import read_lazy
 
@@ -145,7 +152,12 @@ def test_cluster_embed_exact(client, cells, gf_dir, reference, block_size):
     assert blocks["block_size"] == block_size
     assert blocks["scheduler"].startswith("distributed:")
     # each worker process loaded the model at most once and kept it
-    assert set(client.run(_dask.n_cached_models).values()) <= {0, 1}
+    loaded = client.run(_dask.n_cached_models)
+    assert set(loaded.values()) <= {0, 1}
+    # torch in a worker's task thread keeps to its budget (the nanny sets OMP_NUM_THREADS=1), not one per core
+    for worker in (w for w, n in loaded.items() if n):
+        threads = client.submit(lambda: __import__("torch").get_num_threads(), pure=False, workers=[worker])
+        assert threads.result() == 1
 
 
 def test_cluster_tokens_and_genes(client, cells, gf_dir):
@@ -196,7 +208,17 @@ def test_store_of_other_run_refused(cells, gf_dir, tmp_path):
         fm.tl.embed(cells, str(gf_dir), block_size=20, store=str(store), copy=True)
     with pytest.raises(ValueError, match="obs_names"):
         fm.tl.embed(cells[::-1].copy(), str(gf_dir), block_size=30, store=str(store), copy=True)
+    other = fm.models.load(str(gf_dir), weights="random", seed=1)  # another model's weights
+    with pytest.raises(ValueError, match="other inputs or parameters.*weights"):
+        fm.tl.embed(cells, other, block_size=30, store=str(store), copy=True)
     assert _tree_hash(store) == before
+    import dask.array as da
+
+    across = cells.copy()
+    across.X = da.from_array(cells.X.toarray(), chunks=(30, 100))
+    with pytest.raises(ValueError, match="chunks across genes"):
+        fm.tl.embed(across, str(gf_dir), store=str(tmp_path / "new.zarr"), copy=True)
+    assert not (tmp_path / "new.zarr").exists()
     (tmp_path / "other.zarr").mkdir()
     (tmp_path / "other.zarr" / "x.txt").write_text("not a store")
     with pytest.raises(ValueError, match="not a zarr store|did not write"):
