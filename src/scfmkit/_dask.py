@@ -266,7 +266,9 @@ def cached_model(ref: ModelRef) -> tuple[Any, threading.Lock]:
     Also sets the calling task thread's torch threads to the worker's budget (:func:`task_threads`).
     """
     task_threads()  # before a first load, whose parallel ops would open torch's thread pool
-    return _cached_model(ref)
+    out = _cached_model(ref)
+    task_threads()  # and after it: the first load (importing the model's libraries) resets torch's threads
+    return out
 
 
 def _cached_model(ref: ModelRef) -> tuple[Any, threading.Lock]:

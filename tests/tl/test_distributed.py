@@ -154,9 +154,16 @@ def test_cluster_embed_exact(client, cells, gf_dir, reference, block_size):
     # each worker process loaded the model at most once and kept it
     loaded = client.run(_dask.n_cached_models)
     assert set(loaded.values()) <= {0, 1}
-    # torch in a worker's task thread keeps to its budget (the nanny sets OMP_NUM_THREADS=1), not one per core
+    # a task that gets the model runs torch on the worker's budget (the nanny sets OMP_NUM_THREADS=1), not one
+    # thread per core (a second OpenMP thread spin-waiting on every forward pass)
+    ref = _dask.ModelRef.of(fm.models.load(str(gf_dir)))
     for worker in (w for w, n in loaded.items() if n):
-        threads = client.submit(lambda: __import__("torch").get_num_threads(), pure=False, workers=[worker])
+        threads = client.submit(
+            lambda r: (_dask.cached_model(r), __import__("torch").get_num_threads())[1],
+            ref,
+            pure=False,
+            workers=[worker],
+        )
         assert threads.result() == 1
 
 
