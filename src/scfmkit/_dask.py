@@ -1,6 +1,6 @@
 """Plumbing of the blockwise (dask) engine: row blocks of a matrix, the per-process model cache, the zarr block store.
 
-No AnnData here and no model code: :mod:`scfmkit.tl._distributed` builds the tasks from these parts. dask,
+No AnnData here and no model code: :mod:`scfmkit._blockwise` builds the tasks from these parts. dask,
 distributed and zarr are imported inside the functions (``pip install 'scfmkit[dask]'``).
 """
 
@@ -232,8 +232,46 @@ def prime_model(model: FoundationModel) -> None:
         _LOCKS.setdefault(ref.key, threading.Lock())
 
 
+def task_threads() -> int | None:
+    """Give torch in this (task) thread the worker's thread budget; returns the number set, or ``None``.
+
+    dask's nanny starts workers with ``OMP_NUM_THREADS=1`` (one thread per task slot), but torch's OpenMP pool in
+    the worker's task thread still opened one thread per core: a second thread spin-waiting at OpenMP barriers on
+    every forward pass, measured as ~45% of the worker's CPU time on a loaded 2-core machine
+    (benchmarks/bench_dask.py). Only inside a ``dask.distributed`` worker, whose budget is ``OMP_NUM_THREADS``
+    (set by its nanny, or by you); elsewhere (dask's threaded scheduler in your own process) torch is left as it is.
+    """
+    import os
+    import sys
+
+    budget = os.environ.get("OMP_NUM_THREADS", "")
+    if "distributed" not in sys.modules or not budget.isdigit() or int(budget) < 1:
+        return None
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:
+        return None
+    import torch  # the task is about to run a torch model
+
+    if torch.get_num_threads() != int(budget):
+        torch.set_num_threads(int(budget))
+    return int(budget)
+
+
 def cached_model(ref: ModelRef) -> tuple[Any, threading.Lock]:
-    """The model of ``ref``, loaded once per process and kept; with a lock that serialises its forward passes."""
+    """The model of ``ref``, loaded once per process and kept; with a lock that serialises its forward passes.
+
+    Also sets the calling task thread's torch threads to the worker's budget (:func:`task_threads`).
+    """
+    task_threads()  # before a first load, whose parallel ops would open torch's thread pool
+    out = _cached_model(ref)
+    task_threads()  # and after it: the first load (importing the model's libraries) resets torch's threads
+    return out
+
+
+def _cached_model(ref: ModelRef) -> tuple[Any, threading.Lock]:
     with _CACHE_LOCK:
         if ref.key not in _MODELS:
             from . import models

@@ -14,8 +14,7 @@ pytest.importorskip("distributed")
 pytest.importorskip("zarr")
 
 import scfmkit as fm
-from scfmkit import _dask
-from scfmkit.tl import _distributed
+from scfmkit import _blockwise, _dask
 
 TINY = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, "seed": 0}
 N_CELLS, N_GENES = 60, 600
@@ -87,6 +86,13 @@ def test_tokens_identical(cells, gf_dir, block_size):
     assert cov1 == pytest.approx(cov0)
 
 
+def test_duplicates_option_honoured(cells, gf_dir):
+    kw = {"duplicates": "sum", "copy": True}
+    ref = fm.tl.embed(cells, str(gf_dir), **kw)
+    out = fm.tl.embed(cells, str(gf_dir), block_size=25, **kw)
+    np.testing.assert_allclose(out.obsm["X_geneformer"], ref.obsm["X_geneformer"], atol=1e-6)
+
+
 def test_lazy_zarr_input(cells, gf_dir, reference, tmp_path):
     from anndata.experimental import read_lazy
 
@@ -103,7 +109,7 @@ def test_backed_h5ad_input(cells, gf_dir, reference, tmp_path):
 
     cells.write_h5ad(tmp_path / "in.h5ad")
     backed = ad.read_h5ad(tmp_path / "in.h5ad", backed="r")
-    emb, _ = _distributed.embed_blockwise(backed, fm.models.load(str(gf_dir)), block_size=25)
+    emb, _ = _blockwise.embed_blockwise(backed, fm.models.load(str(gf_dir)), block_size=25)
     np.testing.assert_allclose(emb, reference.obsm["X_geneformer"], atol=1e-6)
     backed.file.close()
 
@@ -146,7 +152,19 @@ def test_cluster_embed_exact(client, cells, gf_dir, reference, block_size):
     assert blocks["block_size"] == block_size
     assert blocks["scheduler"].startswith("distributed:")
     # each worker process loaded the model at most once and kept it
-    assert set(client.run(_dask.n_cached_models).values()) <= {0, 1}
+    loaded = client.run(_dask.n_cached_models)
+    assert set(loaded.values()) <= {0, 1}
+    # a task that gets the model runs torch on the worker's budget (the nanny sets OMP_NUM_THREADS=1), not one
+    # thread per core (a second OpenMP thread spin-waiting on every forward pass)
+    ref = _dask.ModelRef.of(fm.models.load(str(gf_dir)))
+    for worker in (w for w, n in loaded.items() if n):
+        threads = client.submit(
+            lambda r: (_dask.cached_model(r), __import__("torch").get_num_threads())[1],
+            ref,
+            pure=False,
+            workers=[worker],
+        )
+        assert threads.result() == 1
 
 
 def test_cluster_tokens_and_genes(client, cells, gf_dir):
@@ -166,7 +184,7 @@ def test_cluster_store_killed_then_resumed(client, cells, gf_dir, reference, tmp
     model = fm.models.load(str(gf_dir))
     store = tmp_path / "emb.zarr"
     with pytest.raises(RuntimeError, match="on purpose"):
-        _distributed.embed_blockwise(
+        _blockwise.embed_blockwise(
             cells, model, block_size=12, store=store, key="X_geneformer", _fail_blocks=frozenset({3, 4})
         )
     import zarr
@@ -197,7 +215,17 @@ def test_store_of_other_run_refused(cells, gf_dir, tmp_path):
         fm.tl.embed(cells, str(gf_dir), block_size=20, store=str(store), copy=True)
     with pytest.raises(ValueError, match="obs_names"):
         fm.tl.embed(cells[::-1].copy(), str(gf_dir), block_size=30, store=str(store), copy=True)
+    other = fm.models.load(str(gf_dir), weights="random", seed=1)  # another model's weights
+    with pytest.raises(ValueError, match="other inputs or parameters.*weights"):
+        fm.tl.embed(cells, other, block_size=30, store=str(store), copy=True)
     assert _tree_hash(store) == before
+    import dask.array as da
+
+    across = cells.copy()
+    across.X = da.from_array(cells.X.toarray(), chunks=(30, 100))
+    with pytest.raises(ValueError, match="chunks across genes"):
+        fm.tl.embed(across, str(gf_dir), store=str(tmp_path / "new.zarr"), copy=True)
+    assert not (tmp_path / "new.zarr").exists()
     (tmp_path / "other.zarr").mkdir()
     (tmp_path / "other.zarr" / "x.txt").write_text("not a store")
     with pytest.raises(ValueError, match="not a zarr store|did not write"):

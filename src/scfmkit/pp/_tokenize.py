@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import models
+from .. import _blockwise, models
 from .._utils import get_modality
 
 if TYPE_CHECKING:
@@ -65,10 +65,8 @@ def tokenize(
     """
     target = get_modality(adata, mod)
     fm_model = models.load(model, weights="random")
-    from ..tl import _distributed
-
-    if _distributed.wants_blockwise(target, layer, block_size=block_size):
-        return _distributed.tokenize_blockwise(
+    if _blockwise.wants_blockwise(target, layer, block_size=block_size):
+        return _blockwise.tokenize_blockwise(
             target, fm_model, layer=layer, gene_key=gene_key, block_size=block_size, **options
         )
     return fm_model.tokenize(target, layer=layer, gene_key=gene_key, **options)

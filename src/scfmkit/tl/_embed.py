@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import models
+from .. import _blockwise, models
 from .._utils import check_free_keys, get_modality, logger, sanitize_params, write_back
-from . import _distributed
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -97,8 +96,8 @@ def embed(
     uns_key = key[2:] if key.startswith("X_") else key
     check_free_keys(get_modality(adata, mod), obsm=key, uns=uns_key)
     options = {k: v for k, v in {"emb_layer": emb_layer, "pooling": pooling}.items() if v is not None}
-    if _distributed.wants_blockwise(get_modality(adata, mod), layer, block_size=block_size, store=store):
-        emb, params = _distributed.embed_blockwise(
+    if _blockwise.wants_blockwise(get_modality(adata, mod), layer, block_size=block_size, store=store):
+        emb, params = _blockwise.embed_blockwise(
             get_modality(adata, mod),
             fm_model,
             layer=layer,
@@ -123,7 +122,7 @@ def embed(
             **options,
             **model_options,
         )
-    if not _distributed.is_dask(emb):  # blockwise runs check each block before it is stored
+    if not _blockwise.is_dask(emb):  # blockwise runs check each block before it is stored
         _check_finite(emb, fm_model, what="cell embeddings")
     # everything computed: only now write (a failed call leaves the caller's object as it was)
     data = adata.copy() if copy else adata
@@ -182,8 +181,8 @@ def embed_genes(
     fm_model = models.load(model, weights=weights, device=device)
     key = key_added or f"{fm_model.family}_{kind}"
     check_free_keys(get_modality(adata, mod), varm=key, uns=key)
-    if kind == "contextual" and _distributed.wants_blockwise(get_modality(adata, mod), layer, block_size=block_size):
-        emb, params = _distributed.embed_genes_blockwise(
+    if kind == "contextual" and _blockwise.wants_blockwise(get_modality(adata, mod), layer, block_size=block_size):
+        emb, params = _blockwise.embed_genes_blockwise(
             get_modality(adata, mod),
             fm_model,
             layer=layer,

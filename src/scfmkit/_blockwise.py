@@ -7,6 +7,9 @@ tokeniser and forward pass as the in-memory path), so tokens are identical and e
 whatever the block size or the number of workers. Per-cell results are concatenated (or written block by block into
 a zarr :class:`~scfmkit._dask.BlockStore`, resumable); the run-level numbers (gene coverage, counts of cells) are
 reduced from per-block sums, and the contextual gene embeddings from per-block sums and counts.
+
+Below ``pp`` and ``tl`` (both call it; it imports neither): the wrappers ``fm.pp.tokenize``, ``fm.tl.embed`` and
+``fm.tl.embed_genes`` dispatch here.
 """
 
 from __future__ import annotations
@@ -18,16 +21,16 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 
-from .. import _dask
-from .._checks import get_matrix, var_names
-from .._dask import is_dask
-from .._random import as_seed
-from .._utils import logger, sanitize_params
+from . import _dask
+from ._checks import get_matrix, var_names
+from ._dask import is_dask
+from ._random import as_seed
+from ._utils import logger, sanitize_params
 
 if TYPE_CHECKING:
     from anndata import AnnData
 
-    from ..models import FoundationModel, TokenizedCells
+    from .models import FoundationModel, TokenizedCells
 
 __all__ = ["embed_blockwise", "is_dask", "embed_genes_blockwise", "tokenize_blockwise", "wants_blockwise"]
 
@@ -127,13 +130,21 @@ def _check_fail(index: int, fail_blocks: frozenset[int]) -> None:
 # ----------------------------------------------------------------------------------------------------- task bodies
 
 
+def _geneformer_match(model: FoundationModel, blk: AnnData, opts: dict[str, Any]):
+    """The block's gene match, with the options that define it taken out of ``opts`` (``duplicates`` included)."""
+    return model.match_adata(
+        blk,
+        gene_key=opts.pop("gene_key", None),
+        gene_id_type=opts.pop("gene_id_type", "auto"),
+        duplicates=opts.pop("duplicates", "reference"),
+    )
+
+
 def _cells_kernel(model: FoundationModel, blk: AnnData, options: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings of one block and its per-block stats (:data:`_STATS`)."""
     if model.family == "geneformer":
         opts = dict(options)
-        match = model.match_adata(
-            blk, gene_key=opts.pop("gene_key", None), gene_id_type=opts.pop("gene_id_type", "auto")
-        )
+        match = _geneformer_match(model, blk, opts)
         emb = np.empty((blk.n_obs, model.hidden_size), np.float32)
         total = matched = 0.0
         chunks = model.iter_tokenize(blk, input=opts.pop("input", "counts"), chunk_size=max(blk.n_obs, 1), match=match)
@@ -171,9 +182,7 @@ def _gene_sums_kernel(model: FoundationModel, blk: AnnData, options: dict[str, A
     """``(sums, counts, stats)`` of one block: float64 sums of the gene states and how often each gene occurred."""
     if model.family == "geneformer":
         opts = dict(options)
-        match = model.match_adata(
-            blk, gene_key=opts.pop("gene_key", None), gene_id_type=opts.pop("gene_id_type", "auto")
-        )
+        match = _geneformer_match(model, blk, opts)
         vocab = model.config.vocab_size
         sums, counts = np.zeros((vocab, model.hidden_size), np.float64), np.zeros(vocab, np.int64)
         opts.pop("chunk_size", None)
@@ -238,16 +247,14 @@ def _tokens_task(ref, X, obs, var, options, index, fail_blocks):
     _check_fail(index, fail_blocks)
     if model.family == "geneformer":
         opts = dict(options)
-        match = model.match_adata(
-            blk, gene_key=opts.pop("gene_key", None), gene_id_type=opts.pop("gene_id_type", "auto")
-        )
+        match = _geneformer_match(model, blk, opts)
         opts.pop("chunk_size", None)
         parts, total, matched = [], 0.0, 0.0
         for _, tokens, stats in model.iter_tokenize(blk, chunk_size=max(blk.n_obs, 1), match=match, **opts):
             parts.append(tokens)
             total += stats["total"]
             matched += stats["matched"]
-        from ..models import TokenizedCells
+        from .models import TokenizedCells
 
         return TokenizedCells.concatenate(parts), np.array([total, matched])
     tokens, params = model.tokenize(blk, **options)
@@ -403,7 +410,9 @@ def embed_genes_blockwise(
     params = dict(template)
     if model.family == "geneformer":
         match = model.match_genes(
-            inp.var[gene_key] if gene_key else inp.var.index, gene_id_type=options.get("gene_id_type", "auto")
+            inp.var[gene_key] if gene_key else inp.var.index,
+            gene_id_type=options.get("gene_id_type", "auto"),
+            duplicates=options.get("duplicates", "reference"),
         )
         out = np.full((inp.n_vars, model.hidden_size), np.nan, np.float32)
         has = match.column >= 0
@@ -430,7 +439,7 @@ def tokenize_blockwise(
     """Tokens of every cell block by block (identical to :meth:`~scfmkit.models.FoundationModel.tokenize`)."""
     import dask
 
-    from ..models import TokenizedCells
+    from .models import TokenizedCells
 
     inp = _Input(adata, layer, gene_key, block_size)
     options = _options(model, {"gene_key": gene_key, **options})
