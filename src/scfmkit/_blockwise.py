@@ -332,6 +332,10 @@ def embed_blockwise(
             "params": sanitize_params(
                 {k: v for k, v in template.items() if k not in _NOT_IDENTITY and k not in _VOLATILE}
             ),
+            # the gene-match options change the tokens but are not all recorded in the model's params
+            "match": sanitize_params(
+                {k: options[k] for k in ("gene_key", "gene_id_type", "duplicates") if options.get(k) is not None}
+            ),
             **inp.identity(),
         }
         bs = _dask.BlockStore(store, key, identity, shape=(inp.n_obs, model.hidden_size), n_stats=len(names))

@@ -215,6 +215,8 @@ def test_store_of_other_run_refused(cells, gf_dir, tmp_path):
         fm.tl.embed(cells, str(gf_dir), block_size=20, store=str(store), copy=True)
     with pytest.raises(ValueError, match="obs_names"):
         fm.tl.embed(cells[::-1].copy(), str(gf_dir), block_size=30, store=str(store), copy=True)
+    with pytest.raises(ValueError, match="other inputs or parameters.*duplicates"):  # tokens of another gene match
+        fm.tl.embed(cells, str(gf_dir), block_size=30, store=str(store), duplicates="sum", copy=True)
     other = fm.models.load(str(gf_dir), weights="random", seed=1)  # another model's weights
     with pytest.raises(ValueError, match="other inputs or parameters.*weights"):
         fm.tl.embed(cells, other, block_size=30, store=str(store), copy=True)
