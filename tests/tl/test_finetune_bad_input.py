@@ -58,17 +58,13 @@ def test_single_cell_label_in_validation_only_warns(gf, pbmc_split, caplog):
     train, _ = pbmc_split
     work = train.copy()
     work.obs["lab"] = work.obs["cell_type_broad"].astype(str)
-    col = work.obs.columns.get_loc("lab")
-    for i in range(work.n_obs):  # find a cell that the seeded split holds out
-        w = work.copy()
-        w.obs.iloc[i, col] = "lonely"
-        with caplog.at_level(logging.WARNING, logger="scfmkit"):
-            caplog.clear()
-            clf = fm.tl.finetune(w, gf, label_key="lab", min_cells_per_label=1, rng=0, **{**GF, "epochs": 1})
-        if "no training cells" in caplog.text:
-            assert "lonely" in caplog.text and "lonely" in clf.labels
-            return
-    pytest.fail("no cell of the training set was held out for validation")
+    # the cells the seeded split holds out (validation=0.1, rng=0: the first draw of default_rng(0))
+    held = np.random.default_rng(0).permutation(work.n_obs)[: round(0.1 * work.n_obs)]
+    work.obs.iloc[held[0], work.obs.columns.get_loc("lab")] = "lonely"
+    with caplog.at_level(logging.WARNING, logger="scfmkit"):
+        clf = fm.tl.finetune(work, gf, label_key="lab", min_cells_per_label=1, rng=0, **GF)
+    assert "no training cells" in caplog.text and "lonely" in caplog.text
+    assert "lonely" in clf.labels and clf.params["n_validation"] == len(held)
 
 
 def test_nan_labels_in_benchmark_left_out(gf, pbmc_split):
