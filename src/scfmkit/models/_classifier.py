@@ -64,6 +64,10 @@ class TrainConfig:
         first step, and clipping and the optimiser step come every ``grad_accumulation`` batches.
     max_grad_norm
         Gradient clipping norm (``None``: none; HuggingFace's default 1.0, scGPT 1.0).
+    shuffle
+        Batch order: ``"epoch"`` (a new seeded permutation every epoch, HuggingFace ``Trainer``) or ``"once"`` (one
+        seeded permutation kept for every epoch: the scGPT tutorial shuffles once in ``train_test_split`` and its
+        ``DataLoader`` has ``shuffle=False``).
     freeze_layers
         The first ``freeze_layers`` transformer layers get no updates.
     freeze_embeddings
@@ -101,6 +105,7 @@ class TrainConfig:
     min_lr: float = 1e-6
     grad_accumulation: int = 1
     max_grad_norm: float | None = 1.0
+    shuffle: str = "epoch"
     freeze_layers: int = 0
     freeze_embeddings: bool = False
     trainable: str = "all"
@@ -136,6 +141,9 @@ class TrainConfig:
             raise ValueError(msg)
         if self.best_metric not in {"val_loss", "val_accuracy"}:
             msg = f"`best_metric` must be 'val_loss' or 'val_accuracy', got {self.best_metric!r}."
+            raise ValueError(msg)
+        if self.shuffle not in {"epoch", "once"}:
+            msg = f"`shuffle` must be 'epoch' or 'once', got {self.shuffle!r}."
             raise ValueError(msg)
         if self.patience is not None and (not isinstance(self.patience, (int, np.integer)) or self.patience < 1):
             msg = f"`patience` must be a positive integer or None, got {self.patience!r}."
@@ -300,7 +308,8 @@ def fit_classifier(
         for epoch in bar:
             net.train()
             t0 = time.perf_counter()
-            order = rng.permutation(np.asarray(train_idx))
+            if cfg.shuffle == "epoch" or epoch == 0:
+                order = rng.permutation(np.asarray(train_idx))
             total, n_seen = 0.0, 0
             for b, idx in enumerate(_batches(order, cfg.batch_size), start=1):
                 batch = _to(net.collate(tokens, idx), cfg.device)

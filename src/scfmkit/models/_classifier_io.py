@@ -41,7 +41,7 @@ def write_classifier(
         save_file(net.hf_state_dict(), str(out / "model.safetensors"), metadata={"format": "pt"})
         _write_dictionaries(out, base)
     elif net.family == "scgpt":
-        meta |= {"dropout": net.dropout, "nlayers_cls": net.nlayers_cls}
+        meta |= {"dropout": net.dropout, "nlayers_cls": net.nlayers_cls, "cls_value": net.cls_value}
         (out / "args.json").write_text(json.dumps(base.args, indent=2))
         (out / "vocab.json").write_text(json.dumps(base.vocab, indent=1))
         save_file(net.state_dict_reference(), str(out / "model.safetensors"), metadata={"format": "pt"})
@@ -195,6 +195,7 @@ def _read_scgpt(folder: Path, meta: dict[str, Any]):
         pad_value=base.pad_value,
         dropout=float(meta.get("dropout", 0.2)),
         nlayers_cls=int(meta.get("nlayers_cls", 3)),
+        cls_value=float(meta.get("cls_value", 0.0)),
     )
     try:
         net.load_state_dict_reference(state)

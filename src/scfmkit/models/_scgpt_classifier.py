@@ -5,13 +5,17 @@ LayerNorm, then a Linear to the classes) on ``cell_emb_style="cls"`` (the last l
 ``TransformerModel(..., CLS=True)`` of the annotation tutorial. Parameter names are the reference's
 (``encoder.*``, ``value_encoder.*``, ``transformer_encoder.*``, ``cls_decoder.*``). In training mode the encoder runs
 with the reference's dropouts (after the value encoder, on attention weights, after attention, inside and after the
-feed-forward block; ``dropout=0.2`` in the tutorial).
+feed-forward block; ``dropout=0.2`` in the tutorial). As in the tutorial, the head's hidden layers start from the
+checkpoint's ``cls_decoder.*`` tensors where their shapes match (the tutorial's "only load params that are in the
+model and match the size"; only ``out_layer`` is new when the class count differs), and the ``<cls>`` token's input
+value is 0 (``tokenize_and_pad_batch(append_cls=True)``; ``embed_data`` uses ``pad_value`` instead).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -59,6 +63,11 @@ class ScGPTClassifier(nn.Module):
         Layers of the head (the reference default 3).
     seed
         Seed of the head's initialisation (torch's default Linear init, drawn from a private generator).
+    head_state
+        The checkpoint's ``cls_decoder.*`` tensors (prefix removed); those whose name and shape match the new head
+        replace its initial values (the tutorial's loading).
+    cls_value
+        Input value of the ``<cls>`` token (the annotation tutorial's 0).
     """
 
     family = "scgpt"
@@ -73,8 +82,11 @@ class ScGPTClassifier(nn.Module):
         dropout: float = 0.2,
         nlayers_cls: int = 3,
         seed: int = 0,
+        head_state: Mapping[str, torch.Tensor] | None = None,
+        cls_value: float = 0.0,
     ) -> None:
         super().__init__()
+        self.cls_value = float(cls_value)
         self.cfg: ScGPTConfig = encoder.cfg
         self.n_classes = int(n_classes)
         self.pad_id = int(pad_id)
@@ -92,6 +104,10 @@ class ScGPTClassifier(nn.Module):
                     bound = 1.0 / math.sqrt(m.weight.shape[1])
                     m.weight.uniform_(-bound, bound, generator=gen)
                     m.bias.uniform_(-bound, bound, generator=gen)
+            own = self.cls_decoder.state_dict()
+            for name, value in (head_state or {}).items():
+                if name in own and tuple(value.shape) == tuple(own[name].shape):
+                    own[name].copy_(value)
 
     @classmethod
     def random(cls, cfg: ScGPTConfig, n_classes: int, *, seed: int, **kwargs) -> ScGPTClassifier:
@@ -113,7 +129,7 @@ class ScGPTClassifier(nn.Module):
         return [self.encoder_net.encoder, self.encoder_net.value_encoder]
 
     def collate(self, tokens: TokenizedCells, idx: np.ndarray) -> dict[str, torch.Tensor]:
-        """Right-padded tokens (``<pad>``) and values (``pad_value``) and the lengths of cells ``idx``."""
+        """Right-padded tokens (``<pad>``) and values (``pad_value``, ``<cls>``: ``cls_value``) and the lengths."""
         lens = tokens.lengths[idx].astype(np.int64)
         n = int(lens.max())
         tok = np.full((len(idx), n), self.pad_id, np.int64)
@@ -121,6 +137,7 @@ class ScGPTClassifier(nn.Module):
         for r, i in enumerate(idx):
             tok[r, : lens[r]] = tokens[i]
             val[r, : lens[r]] = tokens.values_of(i)
+        val[:, 0] = self.cls_value
         return {"tokens": torch.from_numpy(tok), "values": torch.from_numpy(val), "lengths": torch.from_numpy(lens)}
 
     # ------------------------------------------------------------------ forward

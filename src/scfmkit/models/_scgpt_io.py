@@ -72,8 +72,8 @@ def find_weights(directory: Path) -> Path:
 def load_weights(module: ScGPTEncoder, path: Path) -> dict[str, Any]:
     """Load the encoder weights of ``path`` into ``module``.
 
-    Returns the checkpoint's ``decoder.*`` tensors (the expression decoder, possibly empty) for
-    :func:`~scfmkit.models._scgpt_model.expr_decoder_from_state`.
+    Returns the checkpoint's ``decoder.*`` and ``cls_decoder.*`` tensors (expression decoder and classifier head,
+    possibly empty) for :func:`~scfmkit.models._scgpt_model.expr_decoder_from_state` and the classification head.
     """
     from ._io import UnsafeFileError, check_finite, load_state_dict
     from ._scgpt_model import canonical_key, map_state_dict
@@ -116,7 +116,7 @@ def load_weights(module: ScGPTEncoder, path: Path) -> dict[str, Any]:
         raise ValueError(msg)
     check_finite(mapped, source=repr(str(path)))
     module.load_state_dict(mapped, strict=True)
-    return {k: v for k, v in state.items() if canonical_key(k).startswith("decoder.")}
+    return {k: v for k, v in state.items() if canonical_key(k).startswith(("decoder.", "cls_decoder."))}
 
 
 def _short(keys: list[str], n: int = 6) -> str:

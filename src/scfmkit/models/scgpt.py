@@ -58,6 +58,9 @@ class ScGPTModel(FoundationModel):
     expr_decoder
         The reference expression decoder of the checkpoint (``decoder.*``;
         :class:`~scfmkit.models._scgpt_model.ExprDecoder`), or ``None`` when the checkpoint has none.
+    cls_decoder_state
+        The checkpoint's ``cls_decoder.*`` tensors (prefix removed; empty when it has none): the start of the
+        classification head's hidden layers (:meth:`classification_head`).
     """
 
     family = "scgpt"
@@ -74,9 +77,11 @@ class ScGPTModel(FoundationModel):
         source: str,
         device: str | None = None,
         expr_decoder: Any = None,
+        cls_decoder_state: dict[str, Any] | None = None,
     ) -> None:
         self.module = module.eval()
         self.expr_decoder = expr_decoder
+        self.cls_decoder_state = dict(cls_decoder_state or {})
         self.vocab = vocab
         self.args = args
         self.name = name
@@ -497,14 +502,16 @@ class ScGPTModel(FoundationModel):
     def classification_head(self, n_classes: int, *, seed: int = 0, pretrained: bool = True, dropout: float = 0.2):
         """The encoder with the reference ``ClsDecoder`` (``nlayers_cls=3``) on ``<cls>`` (annotation tutorial).
 
-        ``pretrained=False`` draws the encoder at random too. The model's own weights are not changed.
+        As the tutorial, the head's tensors start from the checkpoint's ``cls_decoder.*`` where name and shape match
+        (the hidden layers; ``out_layer`` too when the class count matches). ``pretrained=False`` draws the encoder
+        and the whole head at random. The model's own weights are not changed.
         """
         from ._scgpt_classifier import ScGPTClassifier
 
         kw = {"pad_id": self.pad_id, "pad_value": self.pad_value, "dropout": dropout}
         if not pretrained:
             return ScGPTClassifier.random(self.module.cfg, n_classes, seed=seed, **kw)
-        return ScGPTClassifier(self.module, n_classes, seed=seed, **kw)
+        return ScGPTClassifier(self.module, n_classes, seed=seed, head_state=self.cls_decoder_state, **kw)
 
 
 def _matched(X: Any, cols: np.ndarray) -> sparse.csr_matrix:
@@ -561,13 +568,15 @@ def load_scgpt(
     if weights == "random":
         module = build_random(cfg, seed)
         # the decoder heads as write_random_checkpoint draws them (same seed), so both random routes agree
-        decoder = expr_decoder_from_state(_random_heads(cfg, torch.Generator().manual_seed(int(seed) + 1)), cfg)
+        heads = _random_heads(cfg, torch.Generator().manual_seed(int(seed) + 1))
+        decoder = expr_decoder_from_state(heads, cfg)
         weights_id = f"random:{int(seed)}"
         logger.info("scGPT: seeded random weights (seed %d) with the vocabulary and args of %s", seed, directory)
     elif weights == "pretrained":
         wpath = find_weights(directory)
         module = ScGPTEncoder(cfg)
-        decoder = expr_decoder_from_state(load_weights(module, wpath), cfg)
+        heads = load_weights(module, wpath)
+        decoder = expr_decoder_from_state(heads, cfg)
         from ._io import sha256_file
 
         weights_id = f"sha256:{sha256_file(wpath)}"
@@ -583,7 +592,16 @@ def load_scgpt(
         source=str(directory),
         device=device,
         expr_decoder=decoder,
+        cls_decoder_state=_cls_decoder_state(heads),
     )
+
+
+def _cls_decoder_state(heads: dict[str, Any]) -> dict[str, Any]:
+    """The ``cls_decoder.*`` tensors of a checkpoint's head tensors, prefix removed."""
+    from ._scgpt_model import canonical_key
+
+    prefix = "cls_decoder."
+    return {canonical_key(k)[len(prefix) :]: v for k, v in heads.items() if canonical_key(k).startswith(prefix)}
 
 
 def _spec_load(

@@ -29,7 +29,8 @@ __all__ = ["FineTunedClassifier", "annotate", "finetune", "finetune_proba", "loa
 
 #: Defaults of each family: Geneformer's ``Classifier`` (cell classifier, ``get_default_train_args``) and the scGPT
 #: annotation tutorial (``Tutorial_Annotation``: lr 1e-4, batch 32, 10 epochs, StepLR 0.9 per epoch, Adam,
-#: dropout 0.2, gradient clipping 1.0, max_seq_len 3001) and scBERT's ``finetune.py`` (Adam lr 1e-4, batch 3 with
+#: dropout 0.2, gradient clipping 1.0, max_seq_len 3001, cells shuffled once, cross-entropy only) and scBERT's
+#: ``finetune.py`` (Adam lr 1e-4, batch 3 with
 #: 60 batches of gradient accumulation, 100 epochs, ``CosineAnnealingWarmupRestarts(first_cycle_steps=15,
 #: cycle_mult=2, min_lr=1e-6, warmup_steps=5, gamma=0.9)`` per epoch, clipping at 1e6, only the final LayerNorm,
 #: ``layers[-2]`` and the head trained, the epoch with the best validation accuracy kept, stopping once 10 epochs in
@@ -54,6 +55,7 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
         "schedule": "step",
         "step_gamma": 0.9,
         "max_grad_norm": 1.0,
+        "shuffle": "once",
     },
     "scbert": {
         "epochs": 100,
@@ -348,13 +350,14 @@ def finetune(
     fine-tunes: pooler on the first token, dropout, linear layer) with the ``Classifier``'s defaults (10 epochs,
     AdamW lr 5e-5, weight decay 0.001, linear schedule with 500 warm-up steps, batch 12, weights of the epoch with the
     lowest validation loss). scGPT gets the reference ``ClsDecoder`` on its ``<cls>`` state with the annotation
-    tutorial's defaults (10 epochs, Adam lr 1e-4, batch 32, learning rate x0.9 per epoch, dropout 0.2, best
-    validation loss, up to 3001 tokens). scBERT gets the reference ``Identity`` head (a ``1 x 200`` convolution over
-    every position's encoding, then three linear layers) with ``finetune.py``'s recipe (100 epochs, Adam lr 1e-4,
-    batch 3 with 60 batches of gradient accumulation, cosine warm-up restarts per epoch, only LayerNorm, the
-    second-to-last layer and the head trained, best validation accuracy, patience 11; see ``FAMILY_DEFAULTS``).
-    Released model sizes are the defaults; everything is reproducible on CPU
-    (same data and ``rng`` give identical weights).
+    tutorial's defaults (10 epochs, Adam lr 1e-4, batch 32, learning rate x0.9 per epoch, dropout 0.2, cells shuffled
+    once, cross-entropy only, best validation loss, up to 3001 tokens, ``<cls>`` input value 0, the head's hidden
+    layers from the checkpoint's ``cls_decoder``). scBERT gets the reference ``Identity`` head (a ``1 x 200``
+    convolution over every position's encoding, then three linear layers) with ``finetune.py``'s recipe (100 epochs,
+    Adam lr 1e-4, batch 3 with 60 batches of gradient accumulation, cosine warm-up restarts per epoch, only LayerNorm,
+    the second-to-last layer and the head trained, best validation accuracy, patience 11; see ``FAMILY_DEFAULTS``).
+    Released model sizes are the defaults; everything is reproducible on CPU (same data and ``rng`` give identical
+    weights).
 
     Parameters
     ----------
@@ -392,7 +395,7 @@ def finetune(
         validated nor learned); remove those cells or lower this to 1 to keep them.
     train_options
         Other :class:`scfmkit.models._classifier.TrainConfig` fields (``schedule``, ``warmup_steps``,
-        ``weight_decay``, ``optimizer``, ``adam_eps``, ``step_gamma``, ``max_grad_norm``).
+        ``weight_decay``, ``optimizer``, ``adam_eps``, ``step_gamma``, ``max_grad_norm``, ``shuffle``).
     layer, gene_key
         Where the values and gene names are; see :func:`scfmkit.tl.embed`.
     rng
