@@ -155,7 +155,9 @@ class _SelfAttention(nn.Module):
             b_q, b_kv = self.in_proj_bias.split([d, 2 * d])
             q = F.linear(x[rows], w_q, b_q).view(-1, h, d // h)
             k, v = F.linear(x, w_kv, b_kv).view(t, 2, h, d // h).unbind(1)
-        out = torch.empty_like(q)
+        # in q's dtype (that of autocast, if on): `out=` ops are not autocast, so the weights are cast here
+        out = q.new_empty((q.shape[0], d))
+        w_out, b_out = self.out_proj.weight.t().to(q.dtype), self.out_proj.bias.to(q.dtype)
         for i in range(len(bounds) - 1):
             lo, hi = bounds[i], bounds[i + 1]
             qs = q[lo:hi] if rows is None else q[i : i + 1]
@@ -163,8 +165,11 @@ class _SelfAttention(nn.Module):
             a = F.scaled_dot_product_attention(
                 qs.transpose(0, 1)[None], k[lo:hi].transpose(0, 1)[None], v[lo:hi].transpose(0, 1)[None]
             )
-            (out[lo:hi] if rows is None else out[i : i + 1]).copy_(a[0].transpose(0, 1))
-        return self.out_proj(out.view(-1, d))
+            # the output projection written straight into the cell's rows (no copy of the attention output)
+            torch.addmm(
+                b_out, a[0].transpose(0, 1).reshape(-1, d), w_out, out=out[lo:hi] if rows is None else out[i : i + 1]
+            )
+        return out
 
 
 class _EncoderLayer(nn.Module):
