@@ -148,12 +148,24 @@ def rank(
     Equal values are put in column order; ``tied[i]`` is set where equal values belong to different tokens (their
     order is then numpy's, which the caller applies).
     """
+    # scratch buffers for the longest cell of the range, allocated once (not per cell)
+    longest = 0
+    for i in range(first, stop):
+        longest = max(longest, kept[i])
+    vals_buf = np.empty(longest, np.float64)
+    toks_buf = np.empty(longest, out.dtype)
+    keys = np.empty(longest, np.uint32)
+    tmp_keys = np.empty(longest, np.uint32)
+    order_buf = np.empty(longest, np.int32)
+    tmp_order = np.empty(longest, np.int32)
+    hist = np.empty((4, 256), np.int64)
+    full_buf = np.empty(longest, np.uint64)
     for i in range(first, stop):
         size = kept[i]
         if size == 0:
             continue
-        vals = np.empty(size, np.float64)
-        toks = np.empty(size, out.dtype)
+        vals = vals_buf[:size]
+        toks = toks_buf[:size]
         r = recip[i]
         k = 0
         for p in range(indptr[i], indptr[i + 1]):
@@ -162,16 +174,11 @@ def rank(
                 vals[k] = _value(data[p], r, scale, inv_median[c], divide)
                 toks[k] = token_of_col[c]
                 k += 1
-        full = ~vals.view(np.uint64)
-        order = _radix_argsort(
-            full,
-            size,
-            np.empty(size, np.uint32),
-            np.empty(size, np.uint32),
-            np.empty(size, np.int32),
-            np.empty(size, np.int32),
-            np.empty((4, 256), np.int64),
-        )
+        full = full_buf[:size]
+        bits = vals.view(np.uint64)
+        for k in range(size):
+            full[k] = ~bits[k]
+        order = _radix_argsort(full, size, keys, tmp_keys, order_buf, tmp_order, hist)
         tied[i] = 0
         for t in range(size - 1):
             if full[order[t]] == full[order[t + 1]] and toks[order[t]] != toks[order[t + 1]]:
