@@ -20,8 +20,9 @@ the cell totals. From a dense array (numpy's true division): ``float64((x / n_co
 The per-cell sort is a least-significant-digit radix sort. A comparison sort spends most of its time on mispredicted
 branches (cells are a few thousand values in no useful order); the radix sort has no data-dependent branches. For
 positive floats the bit pattern read as an unsigned integer orders like the value, so the complement of the bits
-orders by descending value. The sort runs on the upper 32 bits (4 passes of 8 bits, passes where every key has the
-same digit skipped); being stable, it keeps column order among equal keys, and runs of equal upper halves (rare) are
+orders by descending value. The sort runs on the upper 32 bits less their smallest value in the cell (4 passes of 8
+bits, passes where every key has the same digit skipped: usually the top one, as a cell's values span a few
+octaves); being stable, it keeps column order among equal keys, and runs of equal upper halves (rare) are
 then put in order of the full 64 bits by a stable insertion sort. The result equals a stable sort by descending value.
 """
 
@@ -77,12 +78,18 @@ def count_kept(first, stop, indptr, data, indices, column, recip, scale, inv_med
 @numba.njit(inline="always")
 def _radix_argsort(full, size, keys, tmp_keys, order, tmp_order, counts):
     """Stable argsort of ``full[:size]`` (uint64) ascending; returns the order array (one of two buffers)."""
+    low = np.uint32(0xFFFFFFFF)
     for k in range(size):
-        keys[k] = np.uint32(full[k] >> np.uint64(32))
+        key = np.uint32(full[k] >> np.uint64(32))
+        keys[k] = key
+        low = min(low, key)
         order[k] = k
     counts[:, :] = 0
     for k in range(size):  # the four digit histograms in one pass
-        key = keys[k]
+        # less the smallest key (same order): a cell's values span a few octaves, so the top digit is then
+        # the same for every key and its pass is skipped
+        key = keys[k] - low
+        keys[k] = key
         counts[0, key & 255] += 1
         counts[1, (key >> 8) & 255] += 1
         counts[2, (key >> 16) & 255] += 1
@@ -189,8 +196,25 @@ def rank(
             out[start + t] = toks[order[t]]
 
 
+def summarize(data: np.ndarray) -> tuple[int, float, float, int]:
+    """:func:`summarize_range` over all of ``data``, split between the threads of :func:`run_threaded`."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n_threads = max(1, min(cpus, numba.get_num_threads(), data.size // 65_536))
+    if n_threads == 1:
+        return summarize_range(data)
+    edges = np.linspace(0, data.size, n_threads + 1).astype(np.int64)
+    with ThreadPoolExecutor(n_threads) as pool:
+        parts = list(pool.map(summarize_range, [data[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True)]))
+    return (
+        sum(p[0] for p in parts),
+        min(p[1] for p in parts),
+        max(p[2] for p in parts),
+        sum(p[3] for p in parts),
+    )
+
+
 @numba.njit(cache=True, nogil=True)
-def summarize(data):
+def summarize_range(data):
     """One pass over the stored values: (number not finite, min, max, number not integer) of the finite ones."""
     n_bad = 0
     n_frac = 0
