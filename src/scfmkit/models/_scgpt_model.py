@@ -196,15 +196,26 @@ class _EncoderLayer(nn.Module):
         return self.norm2(x + self._ff(x))
 
     def forward_packed(self, x: torch.Tensor, bounds: list[int], rows: torch.Tensor | None = None) -> torch.Tensor:
-        """:meth:`forward` on packed sequences (see :meth:`_SelfAttention.forward_packed`); ``rows``: only those."""
+        """:meth:`forward` on packed sequences (see :meth:`_SelfAttention.forward_packed`); ``rows``: only those.
+
+        Inference only: the residual sums and the ReLU are computed in place on fresh outputs where the dtypes
+        agree (same values; under autocast the sum is promoted as in :meth:`forward`).
+        """
+
+        def add(out: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
+            return out.add_(res) if out.dtype == res.dtype else out + res
+
+        def ff(y: torch.Tensor) -> torch.Tensor:
+            return self.linear2(F.relu_(self.linear1(y)))
+
         if self.pre_norm:
             x = self.norm1(x)
-            x = (x if rows is None else x[rows]) + self.self_attn.forward_packed(x, bounds, rows)
+            x = add(self.self_attn.forward_packed(x, bounds, rows), x if rows is None else x[rows])
             x = self.norm2(x)
-            return x + self._ff(x)
+            return add(ff(x), x)
         res = x if rows is None else x[rows]
-        x = self.norm1(res + self.self_attn.forward_packed(x, bounds, rows))
-        return self.norm2(x + self._ff(x))
+        x = self.norm1(add(self.self_attn.forward_packed(x, bounds, rows), res))
+        return self.norm2(add(ff(x), x))
 
 
 class ExprDecoder(nn.Module):
