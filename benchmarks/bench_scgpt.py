@@ -48,6 +48,18 @@ def padded_tokens(lengths: np.ndarray, batch_size: int, *, sort: bool) -> int:
     )
 
 
+def scgpt_flops(lengths: np.ndarray, d: int, d_hid: int, n_layers: int) -> float:
+    """Multiply-add FLOPs of the encoder on cells of the given lengths (no padding counted).
+
+    ``n_layers - 1`` full layers, and the last layer as computed for the ``<cls>`` embedding: keys and values of all
+    tokens, the query, attention, output projection and feed-forward of the ``<cls>`` row only.
+    """
+    L = lengths.astype(np.float64)
+    full = 2 * L * d * 3 * d + 2 * L * d * d + 2 * 2 * L * d * d_hid + 2 * 2 * L**2 * d
+    last = 2 * L * d * 2 * d + 2 * d * d + 2 * 2 * L * d + 2 * d * d + 2 * 2 * d * d_hid
+    return float(full.sum() * (n_layers - 1) + last.sum())
+
+
 def reference(h5ad: Path, ckpt: Path, out: Path, batch_size: int, max_length: int) -> dict | None:
     ref, py = os.environ.get("SCFMKIT_REFERENCE_SCGPT"), os.environ.get("SCFMKIT_REFERENCE_PYTHON")
     if not (ref and py):
@@ -68,7 +80,13 @@ def main() -> None:
 
     fm.settings.progress = False
     rec = Recorder(args.out, "scgpt")
-    rec.record("matmul_peak_fp32", gflops=round(matmul_peak_gflops(), 1), torch_threads=torch.get_num_threads())
+    peak = matmul_peak_gflops()
+    rec.record(
+        "matmul_peak_fp32",
+        gflops=round(peak, 1),
+        torch_threads=torch.get_num_threads(),
+        load_average=[round(v, 1) for v in os.getloadavg()],
+    )
     n = 200 if args.quick else args.n_cells
     work = args.out / "scgpt_work"
     work.mkdir(parents=True, exist_ok=True)
@@ -97,6 +115,10 @@ def main() -> None:
         padded_tokens_sorted=padded_tokens(lengths, args.batch_size, sort=True),
         padded_tokens_input_order=padded_tokens(lengths, args.batch_size, sort=False),
         real_tokens=int(lengths.sum()),
+        computed="packed: real tokens only; the last layer's <cls> rows only",
+        fraction_of_matmul_peak=round(
+            scgpt_flops(lengths, args.embsize, args.d_hid, args.nlayers) / (t2 - t1) / 1e9 / peak, 3
+        ),
     )
     ref = reference(h5ad, ckpt, work / "reference_emb.npy", args.batch_size, args.max_length)
     if ref is None:
@@ -119,6 +141,7 @@ def main() -> None:
         speedup=round(ref["embed_seconds"] / (t2 - t1), 2),
         cosine_ours_vs_reference_median=round(float(np.median(cos)), 4),
         cosine_ours_vs_reference_min=round(float(cos.min()), 4),
+        load_average_end=[round(v, 1) for v in os.getloadavg()],
     )
 
 

@@ -20,8 +20,9 @@ the cell totals. From a dense array (numpy's true division): ``float64((x / n_co
 The per-cell sort is a least-significant-digit radix sort. A comparison sort spends most of its time on mispredicted
 branches (cells are a few thousand values in no useful order); the radix sort has no data-dependent branches. For
 positive floats the bit pattern read as an unsigned integer orders like the value, so the complement of the bits
-orders by descending value. The sort runs on the upper 32 bits (4 passes of 8 bits, passes where every key has the
-same digit skipped); being stable, it keeps column order among equal keys, and runs of equal upper halves (rare) are
+orders by descending value. The sort runs on the upper 32 bits less their smallest value in the cell (4 passes of 8
+bits, passes where every key has the same digit skipped: usually the top one, as a cell's values span a few
+octaves); being stable, it keeps column order among equal keys, and runs of equal upper halves (rare) are
 then put in order of the full 64 bits by a stable insertion sort. The result equals a stable sort by descending value.
 """
 
@@ -77,12 +78,18 @@ def count_kept(first, stop, indptr, data, indices, column, recip, scale, inv_med
 @numba.njit(inline="always")
 def _radix_argsort(full, size, keys, tmp_keys, order, tmp_order, counts):
     """Stable argsort of ``full[:size]`` (uint64) ascending; returns the order array (one of two buffers)."""
+    low = np.uint32(0xFFFFFFFF)
     for k in range(size):
-        keys[k] = np.uint32(full[k] >> np.uint64(32))
+        key = np.uint32(full[k] >> np.uint64(32))
+        keys[k] = key
+        low = min(low, key)
         order[k] = k
     counts[:, :] = 0
     for k in range(size):  # the four digit histograms in one pass
-        key = keys[k]
+        # less the smallest key (same order): a cell's values span a few octaves, so the top digit is then
+        # the same for every key and its pass is skipped
+        key = keys[k] - low
+        keys[k] = key
         counts[0, key & 255] += 1
         counts[1, (key >> 8) & 255] += 1
         counts[2, (key >> 16) & 255] += 1
@@ -148,12 +155,24 @@ def rank(
     Equal values are put in column order; ``tied[i]`` is set where equal values belong to different tokens (their
     order is then numpy's, which the caller applies).
     """
+    # scratch buffers for the longest cell of the range, allocated once (not per cell)
+    longest = 0
+    for i in range(first, stop):
+        longest = max(longest, kept[i])
+    vals_buf = np.empty(longest, np.float64)
+    toks_buf = np.empty(longest, out.dtype)
+    keys = np.empty(longest, np.uint32)
+    tmp_keys = np.empty(longest, np.uint32)
+    order_buf = np.empty(longest, np.int32)
+    tmp_order = np.empty(longest, np.int32)
+    hist = np.empty((4, 256), np.int64)
+    full_buf = np.empty(longest, np.uint64)
     for i in range(first, stop):
         size = kept[i]
         if size == 0:
             continue
-        vals = np.empty(size, np.float64)
-        toks = np.empty(size, out.dtype)
+        vals = vals_buf[:size]
+        toks = toks_buf[:size]
         r = recip[i]
         k = 0
         for p in range(indptr[i], indptr[i + 1]):
@@ -162,16 +181,11 @@ def rank(
                 vals[k] = _value(data[p], r, scale, inv_median[c], divide)
                 toks[k] = token_of_col[c]
                 k += 1
-        full = ~vals.view(np.uint64)
-        order = _radix_argsort(
-            full,
-            size,
-            np.empty(size, np.uint32),
-            np.empty(size, np.uint32),
-            np.empty(size, np.int32),
-            np.empty(size, np.int32),
-            np.empty((4, 256), np.int64),
-        )
+        full = full_buf[:size]
+        bits = vals.view(np.uint64)
+        for k in range(size):
+            full[k] = ~bits[k]
+        order = _radix_argsort(full, size, keys, tmp_keys, order_buf, tmp_order, hist)
         tied[i] = 0
         for t in range(size - 1):
             if full[order[t]] == full[order[t + 1]] and toks[order[t]] != toks[order[t + 1]]:
@@ -182,8 +196,25 @@ def rank(
             out[start + t] = toks[order[t]]
 
 
+def summarize(data: np.ndarray) -> tuple[int, float, float, int]:
+    """:func:`summarize_range` over all of ``data``, split between the threads of :func:`run_threaded`."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    n_threads = max(1, min(cpus, numba.get_num_threads(), data.size // 65_536))
+    if n_threads == 1:
+        return summarize_range(data)
+    edges = np.linspace(0, data.size, n_threads + 1).astype(np.int64)
+    with ThreadPoolExecutor(n_threads) as pool:
+        parts = list(pool.map(summarize_range, [data[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True)]))
+    return (
+        sum(p[0] for p in parts),
+        min(p[1] for p in parts),
+        max(p[2] for p in parts),
+        sum(p[3] for p in parts),
+    )
+
+
 @numba.njit(cache=True, nogil=True)
-def summarize(data):
+def summarize_range(data):
     """One pass over the stored values: (number not finite, min, max, number not integer) of the finite ones."""
     n_bad = 0
     n_frac = 0

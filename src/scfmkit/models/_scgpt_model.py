@@ -5,7 +5,9 @@ value encoder (clamp, Linear-ReLU-Linear, LayerNorm) and the stack of post-norm 
 (self-attention, ReLU feed-forward). The expression decoder (``decoder.*``, the reference ``ExprDecoder``) is an
 optional head loaded beside the encoder (:func:`expr_decoder_from_state`); MVC/classification decoders of a
 checkpoint are recognised and ignored.
-Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention` with a key padding mask.
+Attention runs through :func:`torch.nn.functional.scaled_dot_product_attention`: with a key padding mask on padded
+batches (:meth:`ScGPTEncoder.forward`), per cell without a mask on packed ones (:meth:`ScGPTEncoder.forward_packed`,
+used for embeddings).
 
 Parameter names follow the reference PyTorch layout (``self_attn.in_proj_weight``); checkpoints saved with
 flash-attention (``self_attn.Wqkv.*``, optionally under ``self_attn._impl.``) are renamed on load.
@@ -138,6 +140,37 @@ class _SelfAttention(nn.Module):
         out = out.transpose(1, 2).reshape(b, -1, d)
         return self.out_proj(out)
 
+    def forward_packed(self, x: torch.Tensor, bounds: list[int], rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention on packed sequences: ``x`` is ``(total_tokens, d)``, sequence ``i`` rows ``bounds[i]:bounds[i+1]``.
+
+        Each sequence attends only to itself, so no mask and no padding work. With ``rows`` (one row per sequence,
+        its ``<cls>``), only those rows are queries: ``(n_seq, d)``.
+        """
+        t, d = x.shape
+        h = self.nhead
+        if rows is None:
+            q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(t, 3, h, d // h).unbind(1)
+        else:
+            w_q, w_kv = self.in_proj_weight.split([d, 2 * d])
+            b_q, b_kv = self.in_proj_bias.split([d, 2 * d])
+            q = F.linear(x[rows], w_q, b_q).view(-1, h, d // h)
+            k, v = F.linear(x, w_kv, b_kv).view(t, 2, h, d // h).unbind(1)
+        # in q's dtype (that of autocast, if on): `out=` ops are not autocast, so the weights are cast here
+        out = q.new_empty((q.shape[0], d))
+        w_out, b_out = self.out_proj.weight.t().to(q.dtype), self.out_proj.bias.to(q.dtype)
+        for i in range(len(bounds) - 1):
+            lo, hi = bounds[i], bounds[i + 1]
+            qs = q[lo:hi] if rows is None else q[i : i + 1]
+            # (1, heads, tokens, head_dim) strided views of the packed rows
+            a = F.scaled_dot_product_attention(
+                qs.transpose(0, 1)[None], k[lo:hi].transpose(0, 1)[None], v[lo:hi].transpose(0, 1)[None]
+            )
+            # the output projection written straight into the cell's rows (no copy of the attention output)
+            torch.addmm(
+                b_out, a[0].transpose(0, 1).reshape(-1, d), w_out, out=out[lo:hi] if rows is None else out[i : i + 1]
+            )
+        return out
+
 
 class _EncoderLayer(nn.Module):
     def __init__(self, cfg: ScGPTConfig) -> None:
@@ -161,6 +194,28 @@ class _EncoderLayer(nn.Module):
         res = x if query_rows is None else x[:, :query_rows]
         x = self.norm1(res + self.self_attn(x, attn_mask, query_rows))
         return self.norm2(x + self._ff(x))
+
+    def forward_packed(self, x: torch.Tensor, bounds: list[int], rows: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`forward` on packed sequences (see :meth:`_SelfAttention.forward_packed`); ``rows``: only those.
+
+        Inference only: the residual sums and the ReLU are computed in place on fresh outputs where the dtypes
+        agree (same values; under autocast the sum is promoted as in :meth:`forward`).
+        """
+
+        def add(out: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
+            return out.add_(res) if out.dtype == res.dtype else out + res
+
+        def ff(y: torch.Tensor) -> torch.Tensor:
+            return self.linear2(F.relu_(self.linear1(y)))
+
+        if self.pre_norm:
+            x = self.norm1(x)
+            x = add(self.self_attn.forward_packed(x, bounds, rows), x if rows is None else x[rows])
+            x = self.norm2(x)
+            return add(ff(x), x)
+        res = x if rows is None else x[rows]
+        x = self.norm1(add(self.self_attn.forward_packed(x, bounds, rows), res))
+        return self.norm2(add(ff(x), x))
 
 
 class ExprDecoder(nn.Module):
@@ -278,6 +333,33 @@ class ScGPTEncoder(nn.Module):
             last = i == len(layers) - 1
             x = layer(x, mask, 1 if (cls_only and last) else None)
         return x[:, 0] if cls_only else x
+
+    def forward_packed(
+        self, tokens: torch.Tensor, values: torch.Tensor, bounds: list[int], *, cls_only: bool = True
+    ) -> torch.Tensor:
+        """:meth:`forward` on packed cells, with no padding work at all (the same values as the padded path).
+
+        Parameters
+        ----------
+        tokens, values
+            1-d: the cells' token ids and input values one after another (each cell ``<cls>`` first).
+        bounds
+            Python ints from 0: cell ``i`` is ``tokens[bounds[i]:bounds[i + 1]]`` (host-side, no device sync).
+        cls_only
+            Return only each cell's ``<cls>`` state; the last layer then computes those rows only.
+
+        Returns
+        -------
+        ``(n_cells, d)`` when ``cls_only``, else ``(total_tokens, d)``.
+        """
+        x = self.encoder(tokens) + self.value_encoder(values)
+        layers = self.transformer_encoder.layers
+        starts = torch.tensor(bounds[:-1], device=tokens.device) if cls_only else None
+        for i, layer in enumerate(layers):
+            x = layer.forward_packed(x, bounds, starts if i == len(layers) - 1 else None)
+        if cls_only and not layers:
+            x = x[starts]
+        return x
 
     def attention(
         self, tokens: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor, *, layer: int

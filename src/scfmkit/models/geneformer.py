@@ -639,6 +639,7 @@ def _row_block(X: Any, rows: slice) -> sparse.csr_matrix:
         # set the arrays on an empty matrix of the right shape: scipy's constructor would copy views of a large base
         out = sparse.csr_matrix((rows.stop - rows.start, X.shape[1]), dtype=X.dtype)
         out.data, out.indices, out.indptr = data, indices, X.indptr[rows.start : rows.stop + 1] - lo
+        out.has_canonical_format = True  # rows of a canonical matrix: no need to check the indices again
         return out
     chunk = X[rows]  # a new matrix (scipy's row slices, backed reads and dense rows all copy)
     if not sparse.issparse(chunk) and np.asarray(chunk).dtype == np.float16:

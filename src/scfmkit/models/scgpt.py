@@ -299,8 +299,8 @@ class ScGPTModel(FoundationModel):
     def _batches(self, prep: dict[str, Any], batch_size: int):
         """Yield ``(cell_positions, columns, tokens, values, lengths)`` for batches of cells of similar length.
 
-        Cells (of a block, see :meth:`_blocks`) are sorted by length, so a batch is padded only to its longest cell;
-        tokens are made batch by batch.
+        Cells (of a block, see :meth:`_blocks`) are sorted by length and packed (see :meth:`_batch`); tokens are
+        made batch by batch.
         """
         for rows, block in self._blocks(prep):
             order = np.argsort(prep["lengths"][rows], kind="stable")
@@ -309,18 +309,17 @@ class ScGPTModel(FoundationModel):
                 yield self._batch(prep, block, rows, local)
 
     def _batch(self, prep: dict[str, Any], block: sparse.csr_matrix, rows: np.ndarray, local: np.ndarray):
-        """One padded batch: ``(cell_positions, columns, tokens, values, lengths)``."""
+        """One packed batch: ``(cell_positions, columns, tokens, values, lengths)``.
+
+        ``tokens`` and ``values`` are 1-d, the cells one after another (no padding); ``lengths`` a numpy array.
+        """
         import torch
 
         tokens, values, columns = self._tokenize_rows(prep, block, rows, local)
         lengths = np.array([t.size for t in tokens], dtype=np.int64)
-        n = int(lengths.max())
-        tok = np.full((local.size, n), self.pad_id, dtype=np.int64)
-        val = np.full((local.size, n), self.pad_value, dtype=np.float32)
-        for j, (t, v) in enumerate(zip(tokens, values, strict=True)):
-            tok[j, : t.size] = t
-            val[j, : v.size] = v
-        return rows[local], columns, torch.from_numpy(tok), torch.from_numpy(val), torch.from_numpy(lengths)
+        tok = torch.from_numpy(np.concatenate(tokens).astype(np.int64, copy=False))
+        val = torch.from_numpy(np.concatenate(values).astype(np.float32, copy=False))
+        return rows[local], columns, tok, val, lengths
 
     def _run(
         self,
@@ -333,19 +332,34 @@ class ScGPTModel(FoundationModel):
         desc: str,
         consume,
     ) -> str:
+        """Forward passes over all cells, packed; ``consume(idx, columns, out, lengths)`` gets each batch's output.
+
+        ``out`` is ``(batch, d)`` (the ``<cls>`` states) with ``cls_only``, else the ``(batch, n, d)`` states padded
+        with zeros to the batch's longest cell (only the copy is padded, not the computation).
+        """
         import torch
 
         batch_size = self.resolve_batch_size(batch_size)
         autocast_ctx = autocast(self.resolve_device(device), precision)
         dev = self._module_on(device)
+        on_gpu = torch.device(dev).type == "cuda"
         n_cells = prep["lengths"].size
         step = n_cells if prep["source"] is None else prep["chunk_size"]
         n_batches = sum(-(-min(step, n_cells - s) // batch_size) for s in range(0, n_cells, max(step, 1)))
         batches = self._batches(prep, batch_size)
         with torch.inference_mode(), autocast_ctx:
-            for idx, columns, t, v, n in progress(batches, total=n_batches, desc=desc, unit="batch"):
-                out = self.module(t.to(dev), v.to(dev), n.to(dev), cls_only=cls_only)
-                consume(idx, columns, out.float(), n)
+            for idx, columns, t, v, lens in progress(batches, total=n_batches, desc=desc, unit="batch"):
+                bounds = [0, *np.cumsum(lens).tolist()]  # host-side ints: no device value is read back
+                if on_gpu:
+                    t, v = t.pin_memory().to(dev, non_blocking=True), v.pin_memory().to(dev, non_blocking=True)
+                out = self.module.forward_packed(t.to(dev), v.to(dev), bounds, cls_only=cls_only).float()
+                n = torch.from_numpy(lens)
+                if not cls_only:  # back to (batch, n, d): the packed rows are the real positions in row-major order
+                    keep = torch.arange(int(lens.max()))[None, :] < n[:, None]
+                    padded = out.new_zeros((*keep.shape, out.shape[-1]))
+                    padded[keep.to(dev)] = out
+                    out = padded
+                consume(idx, columns, out, n)
         return dev
 
     def embed_cells(
