@@ -223,7 +223,8 @@ def train_generator(
     pad_id_used = [pad_id, *[t for c in pair_conds for t in c.extra_tokens]]
     compact = _CompactEmbedding(module, np.concatenate([np.asarray(gene_tokens, np.int64), pad_id_used]))
     compact.swap_in()
-    opt = torch.optim.Adam(module.parameters(), lr=lr)
+    # the reference's Adam (same update); fused: one kernel for all parameters instead of ~10 small ops per tensor
+    opt = torch.optim.Adam(module.parameters(), lr=lr, fused=True)
     sched = torch.optim.lr_scheduler.StepLR(opt, 1, gamma=gamma)
     scaler = torch.amp.GradScaler(device=torch.device(device).type, enabled=precision == "float16")
     g = gene_tokens.size
