@@ -132,3 +132,36 @@ def test_probe_bad_cells_are_refused_untouched(cells, pdata, what):
         fm.tl.PCAProbePredictor(n_cells=12).fit(pdata, _train(pdata), cells=bad)
     np.testing.assert_array_equal(bad.X.toarray(), before.X.toarray())
     np.testing.assert_array_equal(pdata.X, p0.X)
+
+
+@pytest.mark.parametrize("which", ["pca_probe", "geneformer_probe"])
+def test_probe_save_load_round_trip(cells, pdata, gf_dir, tmp_path, which):
+    import json
+
+    if which == "pca_probe":
+        cls, kw = fm.tl.PCAProbePredictor, {"n_cells": 12, "n_components": 5}
+    else:
+        cls, kw = fm.tl.GeneformerProbePredictor, {"model": gf_dir, "n_cells": 8}
+    p = cls(**kw).fit(pdata, _train(pdata), cells=cells)
+    conds = ["KLF1+MAP2K6", "TMSB4X", "SGK1"]
+    pred = p.predict(conds)
+    folder = p.save(tmp_path / which)
+    assert sorted(f.name for f in folder.iterdir()) == ["predictor.json", "state.safetensors"]
+    json.loads((folder / "predictor.json").read_text())  # plain JSON
+    q = cls.load(folder)
+    assert q.fitted and q.name == which and q.options == p.options
+    pd_q = q.predict(conds)
+    np.testing.assert_array_equal(pd_q.to_numpy(), pred.to_numpy())
+    assert list(pd_q.columns) == list(pred.columns) and list(pd_q.index) == conds
+    with pytest.raises(ValueError, match="does not hold"):
+        (fm.tl.GeneformerProbePredictor if which == "pca_probe" else fm.tl.PCAProbePredictor).load(folder)
+
+
+def test_geneformer_probe_load_refuses_other_weights(cells, pdata, gf_dir, tmp_path):
+    p = fm.tl.GeneformerProbePredictor(model=gf_dir, n_cells=8).fit(pdata, _train(pdata), cells=cells)
+    folder = p.save(tmp_path / "gp")
+    other = fm.models.load(gf_dir, weights="random", seed=3)
+    with pytest.raises(ValueError, match="fitted with weights"):
+        fm.tl.GeneformerProbePredictor.load(folder, model=other)
+    with pytest.raises(RuntimeError, match="Fit"):
+        fm.tl.PCAProbePredictor().save(tmp_path / "unfitted")

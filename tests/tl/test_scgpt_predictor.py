@@ -229,3 +229,31 @@ def test_tutorial_generator_checkpoint_predicts_without_training(cells, pdata, s
     with torch.no_grad():
         direct = gen.eval()(t, v, f, lens)[:, : pdata.n_vars].double().mean(0).numpy()
     np.testing.assert_allclose(p.predict(["KLF1+MAP2K6"]).to_numpy()[0], direct, rtol=1e-6, atol=1e-7)
+
+
+def test_compact_embedding_is_the_full_vocabulary_update(cells, pdata, shared_dir, fitted, monkeypatch):
+    """Training only the used vocabulary rows equals the reference's update of the whole table (unused rows stay)."""
+    import torch
+
+    from scfmkit.tl._perturbation import _scgpt_train
+
+    orig = _scgpt_train._CompactEmbedding
+    monkeypatch.setattr(
+        _scgpt_train,
+        "_CompactEmbedding",
+        lambda module, used: orig(module, np.arange(module.encoder.embedding.weight.shape[0])),
+    )
+    full = ScGPTPredictor(**_opts(shared_dir)).fit(pdata, _train(pdata), cells=cells)
+    a, b = fitted.module.state_dict(), full.module.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    # rows no training token uses are exactly the initial (random) ones
+    init = ScGPTPredictor(**_opts(shared_dir, epochs=0)).fit(pdata, _train(pdata), cells=cells)
+    w0, w1 = init.module.encoder.embedding.weight, fitted.module.encoder.embedding.weight
+    used = np.zeros(w0.shape[0], bool)
+    used[np.asarray(fitted.gene_tokens)] = True
+    assert torch.equal(w0[~torch.from_numpy(used)][:1000], w1[~torch.from_numpy(used)][:1000])
+    assert not torch.equal(w0[torch.from_numpy(used)], w1[torch.from_numpy(used)])
+    assert fitted.module.encoder.embedding is not None and type(fitted.module.encoder.embedding).__name__ == "Embedding"
+    assert fitted.module.encoder.embedding.weight.shape[0] == w0.shape[0]

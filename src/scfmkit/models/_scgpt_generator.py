@@ -7,8 +7,9 @@ The layer layout follows ``scgpt/model/generation_model.py`` as the perturbation
   LayerNorm) + perturbation-flag embedding (``nn.Embedding(3, d_model, padding_idx=pert_pad_id)``; flags 0 = not
   perturbed, 1 = perturbed, 2 = pad), summed;
 - the stack of post-norm transformer encoder layers (the package's scGPT encoder layers, same parameter names);
-- the affine expression decoder: ``coeff(h) * value + bias(h)``, each of ``coeff``/``bias`` an ``ExprDecoder``
-  (Linear-LeakyReLU-Linear-LeakyReLU-Linear to one number per token).
+- the affine expression decoder: ``coeff(h) * value + bias(h)``, each of ``coeff``/``bias`` the package's one
+  ``ExprDecoder`` (:class:`._scgpt_model.ExprDecoder`, Linear-LeakyReLU-Linear-LeakyReLU-Linear to one number per
+  token, read through its ``value``).
 
 Training loss is the reference's ``masked_mse_loss`` (:func:`masked_mse_loss`). The reference's classification
 head (``cls_decoder.*``, built but never used by the generator) is not built; its tensors in a checkpoint are reported
@@ -26,7 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._scgpt_model import ScGPTConfig, ScGPTEncoder, _GeneEncoder, _TransformerEncoder, _ValueEncoder, canonical_key
+from ._scgpt_model import (
+    ExprDecoder,
+    ScGPTConfig,
+    ScGPTEncoder,
+    _GeneEncoder,
+    _TransformerEncoder,
+    _ValueEncoder,
+    canonical_key,
+)
 
 __all__ = [
     "GeneratorConfig",
@@ -39,8 +48,6 @@ __all__ = [
 
 #: number of perturbation-flag classes of the reference (not perturbed, perturbed, pad)
 N_PERT_CLASSES = 3
-#: negative slope of ``nn.LeakyReLU()`` (torch default, used by the reference ExprDecoder)
-LEAKY_SLOPE = 0.01
 #: prefixes the tutorial loads from a pretrained scGPT checkpoint (``load_param_prefixs``)
 PRETRAINED_PREFIXES = ("encoder.", "value_encoder.", "transformer_encoder.")
 #: checkpoint parts the generator has no use for (reported as ignored, never silently dropped)
@@ -76,29 +83,16 @@ class GeneratorConfig:
             raise ValueError(msg)
 
 
-class _ExprDecoder(nn.Module):
-    """The reference ``ExprDecoder`` (without batch labels or zero probabilities)."""
-
-    def __init__(self, d: int) -> None:
-        super().__init__()
-        self.fc = nn.Sequential(
-            nn.Linear(d, d), nn.LeakyReLU(LEAKY_SLOPE), nn.Linear(d, d), nn.LeakyReLU(LEAKY_SLOPE), nn.Linear(d, 1)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x).squeeze(-1)
-
-
 class _AffineExprDecoder(nn.Module):
     """The reference ``AffineExprDecoder`` with its defaults (no activation, no adaptive bias): ``A(h) x + b(h)``."""
 
     def __init__(self, d: int) -> None:
         super().__init__()
-        self.coeff_decoder = _ExprDecoder(d)
-        self.bias_decoder = _ExprDecoder(d)
+        self.coeff_decoder = ExprDecoder(d)
+        self.bias_decoder = ExprDecoder(d)
 
     def forward(self, h: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        return self.coeff_decoder(h) * values + self.bias_decoder(h)
+        return self.coeff_decoder.value(h) * values + self.bias_decoder.value(h)
 
 
 class ScGPTGenerator(nn.Module):

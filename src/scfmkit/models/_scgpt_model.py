@@ -225,6 +225,8 @@ class ExprDecoder(nn.Module):
     branch (``explicit_zero_prob``).
 
     Layer names match the checkpoint's ``decoder.fc.*`` / ``decoder.zero_logit.*``; batch labels are not supported.
+    The perturbation generator's affine decoder (:mod:`._scgpt_generator`) is two of these (``coeff_decoder``,
+    ``bias_decoder``) read through :meth:`value`. ``nn.LeakyReLU()`` has torch's default slope 0.01, as the reference.
     """
 
     def __init__(self, d_model: int, *, explicit_zero_prob: bool = False) -> None:
@@ -244,12 +246,16 @@ class ExprDecoder(nn.Module):
         if explicit_zero_prob:
             self.zero_logit = mlp()
 
+    def value(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``fc`` branch alone: ``(batch, seq, d_model)`` -> ``(batch, seq)`` (the reference's ``pred``)."""
+        return self.fc(x).squeeze(-1)
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """``x``: ``(batch, seq, d_model)`` transformer output; returns ``pred`` (and ``zero_probs``), ``(batch, seq)``.
 
         As the reference, without sampling: ``pred`` is the value the reference returns as ``mlm_output``.
         """
-        out = {"pred": self.fc(x).squeeze(-1)}
+        out = {"pred": self.value(x)}
         if self.explicit_zero_prob:
             out["zero_probs"] = torch.sigmoid(self.zero_logit(x).squeeze(-1))
         return out

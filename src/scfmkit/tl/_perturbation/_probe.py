@@ -8,6 +8,7 @@ perturbation of the control cells' expression, projected onto the PCA of the con
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -40,6 +41,13 @@ def ridge_readout(S: np.ndarray, D: np.ndarray, alpha: float) -> tuple[np.ndarra
     b = D.mean(0)
     W = np.linalg.solve(Z.T @ Z + alpha * np.eye(Z.shape[1]), Z.T @ (D - b))
     return W, b, mu, sd
+
+
+def _model_name(model: Any) -> str:
+    """What ``options['model']`` records: a name or folder as given, a loaded model's source."""
+    if isinstance(model, (str, os.PathLike)):
+        return str(model)
+    return str(getattr(model, "source", type(model).__name__))
 
 
 class _ProbeBase(PerturbationPredictor):
@@ -101,6 +109,28 @@ class _ProbeBase(PerturbationPredictor):
         S = np.vstack([self._shift(c) for c in conditions])
         return self.ctrl + ((S - self.mu) / self.sd) @ self.W + self.b
 
+    # save / load
+    def save(self, path):
+        """Write the fitted probe to the folder ``path`` (``predictor.json`` + ``state.safetensors``; no pickles).
+
+        ``geneformer_probe`` records its model's source and ``weights_id`` rather than copying the model; see
+        :meth:`load`. Returns the folder.
+        """
+        from ._probe_io import save_probe
+
+        return save_probe(self, path)
+
+    @classmethod
+    def load(cls, path, *, model: Any = None, device: str | None = None):
+        """Read a probe written by :meth:`save`; its predictions are those of the saved probe.
+
+        ``model``: for ``geneformer_probe``, the checkpoint folder, registry name or loaded model to use instead of
+        the recorded source (refused unless its ``weights_id`` is the fitted one). ``device``: where it runs.
+        """
+        from ._probe_io import load_probe
+
+        return load_probe(cls, path, model=model, device=device)
+
     # hooks
     def _prepare(self, pdata: AnnData, cells: AnnData, X: np.ndarray, params: dict) -> None:
         raise NotImplementedError
@@ -123,7 +153,8 @@ class GeneformerProbePredictor(_ProbeBase):
     ``mode="auto"`` takes deletion or overexpression from ``obs['perturbation_type']`` of the cells (CRISPRa /
     overexpression -> ``"overexpress"``, anything else, e.g. CRISPRi or knock-out -> ``"delete"``); conditions without
     cells use the type of most cells. ``weights="random"`` is the random-weight control (same readout);
-    ``pca_probe`` the control without a foundation model.
+    ``pca_probe`` the control without a foundation model. A fitted probe saves and loads (:meth:`save`,
+    :meth:`load`: safetensors + JSON).
 
     Parameters
     ----------
@@ -161,7 +192,7 @@ class GeneformerProbePredictor(_ProbeBase):
             n_cells=n_cells,
             ridge=ridge,
             rng=rng,
-            model=model if isinstance(model, str) else type(model).__name__,
+            model=_model_name(model),
             weights=weights,
             emb_layer=int(emb_layer),
             batch_size=batch_size,
