@@ -8,6 +8,7 @@ tool asks for it (:meth:`GeneformerModel.encoder` with ``mlm_head=True``, e.g. f
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator, Sequence
 from itertools import pairwise
@@ -131,6 +132,37 @@ class GeneformerModel(FoundationModel):
         behaviour; tokens then differ from the reference's on such data).
         """
         genes = pd.Index(genes).astype(str)
+        key = (gene_id_type, duplicates, self._vocab_key())
+        cached = self.__dict__.get("_match_cache")
+        if cached is not None and cached[0] == key and (cached[1] is genes or cached[1].equals(genes)):
+            match = cached[2]
+        else:
+            match = self._match_genes(genes, gene_id_type=gene_id_type, duplicates=duplicates)
+            self._match_cache = (key, genes, match)
+        if match.duplicated and not match.sum_duplicates:
+            names = {g: [n for n, i in zip(genes, match.gene_ids, strict=True) if i == g] for g in match.duplicated}
+            shown = "; ".join(f"{g}: {', '.join(v)}" for g, v in list(names.items())[:10])
+            logger.warning(
+                "%d gene id(s) occur in several var entries and become repeated tokens, as in the reference %s "
+                "tokenizer (%s%s). Pass `duplicates='sum'` to sum their counts instead.",
+                len(names),
+                self.variant,
+                shown,
+                "; ..." if len(names) > 10 else "",
+            )
+        # a copy, so that a caller changing the match does not change the cached one
+        return dataclasses.replace(
+            match, gene_ids=list(match.gene_ids), column=match.column.copy(), token_ids=match.token_ids.copy()
+        )
+
+    def _vocab_key(self) -> tuple[int, ...]:
+        """Identifies the vocabulary's dictionaries (the cached match is recomputed when one is replaced or resized)."""
+        v = self.vocab
+        dicts = (v.token_dict, v.medians, v.id_mapping, v.name_to_id)
+        return (v.special_tokens, *(x for d in dicts for x in (id(d), len(d or ()))))
+
+    def _match_genes(self, genes: pd.Index, *, gene_id_type: str, duplicates: str) -> GeneMatch:
+        """:meth:`match_genes` without the cache (the last match is kept: same genes, same options, same match)."""
         if gene_id_type == "auto":
             frac = np.mean([bool(_ENSEMBL_RE.match(g)) for g in genes[:2000]]) if len(genes) else 0.0
             gene_id_type = "ensembl" if frac > 0.5 else "symbol"
@@ -144,7 +176,7 @@ class GeneformerModel(FoundationModel):
         else:
             msg = f"`gene_id_type` must be 'auto', 'ensembl' or 'symbol', got {gene_id_type!r}."
             raise ValueError(msg)
-        match = match_ids(
+        return match_ids(
             ids,
             self.vocab.token_dict,
             self.vocab.medians,
@@ -153,18 +185,6 @@ class GeneformerModel(FoundationModel):
             id_type=gene_id_type,
             duplicates=duplicates,
         )
-        if match.duplicated and not match.sum_duplicates:
-            names = {g: [n for n, i in zip(genes, match.gene_ids, strict=True) if i == g] for g in match.duplicated}
-            shown = "; ".join(f"{g}: {', '.join(v)}" for g, v in list(names.items())[:10])
-            logger.warning(
-                "%d gene id(s) occur in several var entries and become repeated tokens, as in the reference %s "
-                "tokenizer (%s%s). Pass `duplicates='sum'` to sum their counts instead.",
-                len(names),
-                self.variant,
-                shown,
-                "; ..." if len(names) > 10 else "",
-            )
-        return match
 
     def match_adata(
         self, adata: AnnData, *, gene_key: str | None = None, gene_id_type: str = "auto", duplicates: str = "reference"
