@@ -204,7 +204,9 @@ def geneformer_perturb(
         each gene of each cell deleted on its own (the reference's ``genes_to_perturb="all"``; ``mode="delete"``,
         no goal state, no null). That writes only ``uns['<key_added>']``: ``deletions`` (one row per cell and
         deleted gene: ``cell``, ``gene_id``, ``token``, ``cos``, the cell value as above), ``gene_deletion`` (per
-        deleted gene: ``token``, ``mean_cos``, ``n_cells``) and ``params``.
+        deleted gene: ``token``, ``mean_cos``, ``n_cells``) and ``params``. Each position of the cell's genes is
+        deleted once (a repeated token once per entry); ``<cls>``/``<eos>`` (V2) are never deleted and, with
+        ``pooling="cls"``, the value is the ``<cls>`` cosine, as the reference's ``isp_perturb_all_special``.
     mode
         ``"delete"`` or ``"overexpress"``.
     goal_key, goal
