@@ -58,10 +58,16 @@ def pbmc_split(shared_dir):
 
 SHARP_GF = {"num_hidden_layers": 3, "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64, "seed": 0}
 SHARP_SCALE = {"attention.self.query.weight": 6.0, "attention.self.key.weight": 6.0, "intermediate.dense.weight": 4.0}
+#: SHARP_SCALE with the attention value/output weights x20 too: V2 ``<cls>`` cosines of one deletion ~1 - 2e-4
+#: (SHARP_SCALE alone leaves them 1 to float precision, where a ``<cls>`` comparison cannot fail a test)
+SHARPER_SCALE = {**SHARP_SCALE, "attention.self.value.weight": 20.0, "attention.output.dense.weight": 20.0}
 
 
-def write_sharp_checkpoint(out_dir, dictionaries_dir, *, max_position_embeddings: int = 1024) -> Path:
-    """A tiny random Geneformer whose attention and feed-forward weights are scaled up (``SHARP_SCALE``), so that
+def write_sharp_checkpoint(
+    out_dir, dictionaries_dir, *, max_position_embeddings: int = 1024, scale: dict[str, float] | None = None
+) -> Path:
+    """A tiny random Geneformer whose attention and feed-forward weights are scaled up (``scale``, by default
+    ``SHARP_SCALE``), so that
     perturbing a gene moves the other genes' embeddings visibly (plain random small weights give cosines ~1 to float
     precision, where a wrong comparison cannot fail a test); ``max_position_embeddings`` positions."""
     from safetensors.torch import load_file, save_file
@@ -80,7 +86,7 @@ def write_sharp_checkpoint(out_dir, dictionaries_dir, *, max_position_embeddings
     path = write_random_checkpoint(out_dir, vocab, **SHARP_GF)
     sd = load_file(str(path / "model.safetensors"))
     for k in sd:
-        for suffix, factor in SHARP_SCALE.items():
+        for suffix, factor in (SHARP_SCALE if scale is None else scale).items():
             if k.endswith(suffix):
                 sd[k] = sd[k] * factor
     save_file(sd, str(path / "model.safetensors"), metadata={"format": "pt"})
@@ -95,3 +101,10 @@ def gf_sharp_dirs(shared_dir, tmp_path_factory) -> dict[str, Path]:
         "v1": write_sharp_checkpoint(base / "v1", shared_dir / "models" / "geneformer-v1"),
         "v2": write_sharp_checkpoint(base / "v2", shared_dir / "models" / "geneformer-v2-gc95M"),
     }
+
+
+@pytest.fixture(scope="session")
+def gf_sharper_v2_dir(shared_dir, tmp_path_factory) -> Path:
+    """``write_sharp_checkpoint(scale=SHARPER_SCALE)`` with the V2 dictionaries: V2 ``<cls>`` parity checkpoint."""
+    base = tmp_path_factory.mktemp("gf_sharper")
+    return write_sharp_checkpoint(base / "v2s", shared_dir / "models" / "geneformer-v2-gc95M", scale=SHARPER_SCALE)

@@ -49,55 +49,6 @@ def _perturb_tokens(
     return np.concatenate([head, new_body, tail]), pert_excl, orig_excl
 
 
-def _masked_embed(
-    fm_model: Any,
-    cells: Sequence[np.ndarray],
-    excluded: Sequence[np.ndarray],
-    *,
-    emb_layer: int,
-    pooling: str,
-    batch_size: int,
-    device: str | None,
-) -> np.ndarray:
-    """Cell embeddings (mean over gene tokens, leaving out ``excluded`` gene positions; or ``<cls>``)."""
-    import torch
-
-    from scfmkit._settings import settings
-
-    if not -fm_model.n_layers <= emb_layer <= 0:
-        msg = f"`emb_layer` must be between {-fm_model.n_layers} and 0, got {emb_layer}."
-        raise ValueError(msg)
-    special = bool(fm_model.vocab.special_tokens)
-    if pooling not in {"mean", "cls"} or (pooling == "cls" and not special):
-        msg = f"`pooling` must be 'mean' (or 'cls' for Geneformer V2), got {pooling!r}."
-        raise ValueError(msg)
-    device = settings.resolve_device(device or getattr(fm_model, "device", None))
-    enc = fm_model.encoder(fm_model.n_layers + emb_layer, device)
-    skip = 1 if special else 0
-    pad = fm_model.vocab.pad_id
-    lengths = np.array([len(c) for c in cells], dtype=np.int64)
-    order = np.argsort(-lengths, kind="stable")
-    out = np.empty((len(cells), fm_model.config.hidden_size), np.float32)
-    with torch.inference_mode():
-        for b in range(0, len(order), batch_size):
-            idx = order[b : b + batch_size]
-            n = int(lengths[idx].max())
-            ids = np.full((len(idx), n), pad, np.int64)
-            mask = np.zeros((len(idx), n), bool)
-            for r, i in enumerate(idx):
-                ids[r, : lengths[i]] = cells[i]
-                mask[r, skip : lengths[i] - skip] = True
-                mask[r, skip + np.asarray(excluded[i], dtype=np.int64)] = False
-            hidden = enc(torch.from_numpy(ids).to(device), torch.from_numpy(lengths[idx]).to(device)).float()
-            if pooling == "cls":
-                emb = hidden[:, 0]
-            else:
-                m = torch.from_numpy(mask).to(device)[..., None].float()
-                emb = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-            out[idx] = emb.cpu().numpy()
-    return out
-
-
 def _null_targets(
     cell: np.ndarray, targets: Sequence[int], *, skip: int, window: int, pool: np.ndarray, gen: np.random.Generator
 ) -> list[int] | None:
@@ -253,7 +204,9 @@ def geneformer_perturb(
         each gene of each cell deleted on its own (the reference's ``genes_to_perturb="all"``; ``mode="delete"``,
         no goal state, no null). That writes only ``uns['<key_added>']``: ``deletions`` (one row per cell and
         deleted gene: ``cell``, ``gene_id``, ``token``, ``cos``, the cell value as above), ``gene_deletion`` (per
-        deleted gene: ``token``, ``mean_cos``, ``n_cells``) and ``params``.
+        deleted gene: ``token``, ``mean_cos``, ``n_cells``) and ``params``. Each position of the cell's genes is
+        deleted once (a repeated token once per entry); ``<cls>``/``<eos>`` (V2) are never deleted and, with
+        ``pooling="cls"``, the value is the ``<cls>`` cosine, as the reference's ``isp_perturb_all_special``.
     mode
         ``"delete"`` or ``"overexpress"``.
     goal_key, goal

@@ -99,9 +99,9 @@ def compare_pairs(
     """Embed each pair's cells and compare them as the reference does.
 
     Returns ``cos`` (the cell value: mean gene cosine, ``<cls>`` cosine or, with ``comparison="pooled"``, the cosine
-    of the two mean-pooled embeddings over the compared genes), ``emb`` (perturbed cell embedding: ``<cls>`` or mean
-    over the compared genes) and with ``goal`` the ``goal_shift``. ``gene_stats`` (token -> list), if given, receives
-    each compared gene's cosine.
+    of the two mean-pooled embeddings over the compared genes), ``emb`` and ``orig_emb`` (the perturbed and the
+    original cell's embedding: ``<cls>``, or the mean over the compared genes) and with ``goal`` the ``goal_shift``.
+    ``gene_stats`` (token -> list), if given, receives each compared gene's cosine.
     """
     import torch
 
@@ -113,6 +113,7 @@ def compare_pairs(
     out = {
         "cos": np.full(n, np.nan),
         "emb": np.full((n, fm_model.config.hidden_size), np.nan, np.float32),
+        "orig_emb": np.full((n, fm_model.config.hidden_size), np.nan, np.float32),
         "goal_shift": np.full(n, np.nan),
     }
     goal_t = None if goal is None else torch.as_tensor(np.asarray(goal, np.float32), device=device)
@@ -148,12 +149,15 @@ def compare_pairs(
                 if pooling == "cls":
                     out["cos"][i] = float(_cos(hp[r, 0], ho[r, 0]))
                     out["emb"][i] = hp[r, 0].cpu().numpy()
+                    out["orig_emb"][i] = ho[r, 0].cpu().numpy()
                 elif comparison == "pooled":
                     out["cos"][i] = float(_cos(gp.mean(0), go.mean(0)))
                     out["emb"][i] = gp.mean(0).cpu().numpy()
+                    out["orig_emb"][i] = go.mean(0).cpu().numpy()
                 else:
                     out["cos"][i] = float(gene_cos.mean())
                     out["emb"][i] = gp.mean(0).cpu().numpy()
+                    out["orig_emb"][i] = go.mean(0).cpu().numpy()
                 if goal_t is not None:
                     ep = _cell_emb(hp[r], len(p.perturbed))
                     eo = _cell_emb(ho[r], len(p.original))

@@ -143,12 +143,17 @@ class GeneformerProbePredictor(_ProbeBase):
     """``geneformer_probe``: Geneformer in-silico perturbation of control cells -> ridge readout -> pseudobulk.
 
     For each condition, ``n_cells`` control cells (a seeded sample, the same for every condition) are perturbed in
-    their rank-value encoding as :func:`scfmkit.tl.geneformer_perturb` does (``"delete"``: the genes' tokens removed,
-    in cells that express them all; ``"overexpress"``: moved or inserted at the front), re-embedded, and compared with
-    their original embedding on the genes both keep (mean pooling of layer ``emb_layer``). The condition's feature is
-    the mean shift ``perturbed - original`` (zero when no sampled cell can be perturbed, e.g. deleting a gene none of
-    them expresses). A ridge regression (standardised features, penalty ``ridge``) fitted on the training conditions
-    (control included, shift 0) maps the shift to the expression change; a prediction is control + readout.
+    their rank-value encoding with the kernel of :func:`scfmkit.tl.geneformer_perturb`, which follows Geneformer's
+    ``InSilicoPerturber`` (``"delete"``: the first occurrence of each gene's token removed, in cells that express
+    them all; ``"overexpress"``: the genes moved or inserted after ``<cls>`` and the cell truncated to the input size;
+    when that pushes genes off the end, the original is truncated by as many genes and re-embedded). Both cells are
+    embedded (layer ``emb_layer``) and each is mean-pooled over the same compared genes (those not perturbed, taken
+    position by position as the reference compares them). The condition's feature is the mean over the perturbed
+    cells of ``pooled(perturbed) - pooled(original)`` (zero when no sampled cell can be perturbed, e.g. deleting a
+    gene none of them expresses). This shift vector is this probe's own feature, not a number the reference reports
+    (the reference reports cosines: :func:`scfmkit.tl.geneformer_perturb`). A ridge regression (standardised
+    features, penalty ``ridge``) fitted on the training conditions (control included, shift 0) maps the shift to the
+    expression change; a prediction is control + readout.
 
     ``mode="auto"`` takes deletion or overexpression from ``obs['perturbation_type']`` of the cells (CRISPRa /
     overexpression -> ``"overexpress"``, anything else, e.g. CRISPRi or knock-out -> ``"delete"``); conditions without
@@ -229,7 +234,7 @@ class GeneformerProbePredictor(_ProbeBase):
         return f"gene(s) {bad} are not in {self.fm_model.name}'s dictionaries" if bad else None
 
     def _shift(self, condition: str) -> np.ndarray:
-        from ._isp import _masked_embed, _perturb_tokens
+        from ._isp_compare import compare_pairs, perturb_pair
 
         targets, _ = self._targets(condition)
         d = self.fm_model.hidden_size
@@ -240,17 +245,12 @@ class GeneformerProbePredictor(_ProbeBase):
         if key in self._cache:
             return self._cache[key]
         skip = 1 if self.fm_model.vocab.special_tokens else 0
-        max_genes = self.fm_model.input_size - 2 * skip
-        pert, pert_ex, orig, orig_ex = [], [], [], []
-        for i in range(len(self.tokens)):
-            res = _perturb_tokens(self.tokens[i], targets, mode=mode, skip=skip, max_genes=max_genes)
-            if res is None:
-                continue
-            pert.append(res[0])
-            pert_ex.append(res[1])
-            orig.append(self.tokens[i])
-            orig_ex.append(res[2])
-        if not pert:
+        pairs = [
+            p
+            for cell in self.tokens
+            if (p := perturb_pair(cell, targets, mode=mode, skip=skip, max_len=self.fm_model.input_size)) is not None
+        ]
+        if not pairs:
             logger.info(
                 "geneformer_probe: %s (%s) perturbs none of the sampled control cells; shift 0.", condition, mode
             )
@@ -258,15 +258,20 @@ class GeneformerProbePredictor(_ProbeBase):
         else:
             from scfmkit._settings import settings
 
-            kw = {
-                "emb_layer": self.options["emb_layer"],
-                "pooling": "mean",
-                "batch_size": self.options["batch_size"] or settings.batch_size,
-                "device": self.options["device"],
-            }
-            a = _masked_embed(self.fm_model, pert, pert_ex, **kw).astype(np.float64)
-            b = _masked_embed(self.fm_model, orig, orig_ex, **kw).astype(np.float64)
-            out = (a - b).mean(0)
+            emb_layer = self.options["emb_layer"]
+            if not -self.fm_model.n_layers <= emb_layer <= 0:
+                msg = f"`emb_layer` must be between {-self.fm_model.n_layers} and 0, got {emb_layer}."
+                raise ValueError(msg)
+            res = compare_pairs(
+                self.fm_model,
+                pairs,
+                emb_layer=emb_layer,
+                pooling="mean",
+                comparison="genes",
+                batch_size=self.options["batch_size"] or settings.batch_size,
+                device=settings.resolve_device(self.options["device"] or getattr(self.fm_model, "device", None)),
+            )
+            out = (res["emb"].astype(np.float64) - res["orig_emb"].astype(np.float64)).mean(0)
         self._cache[key] = out
         return out
 
