@@ -78,7 +78,9 @@ def main() -> None:
         run["model_checks_no_cells"] = time.perf_counter() - t
         t = time.perf_counter()
         store = work / "emb.zarr"
-        _dask.BlockStore(store, "X_geneformer", {**ident, "model": model.name}, shape=(inp.n_obs, 256), n_stats=2)
+        _dask.BlockStore(
+            store, "X_geneformer", {**ident, "model": model.name}, shape=(inp.n_obs, model.hidden_size), n_stats=2
+        )
         run["store_create"] = time.perf_counter() - t
         t = time.perf_counter()
         blocks = inp.blocks()
