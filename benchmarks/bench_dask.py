@@ -4,7 +4,10 @@ Real cells (the 559-cell celltypist sample on its most-detected genes) are tiled
 zarr store, read lazily (``anndata.experimental.read_lazy``) and embedded with a random-weight Geneformer checkpoint
 (``--model tiny``: 2 layers x 32 wide, the test model; ``--model v1``: the V1 architecture, 6 x 256) into a zarr
 block store. The single-process path embeds the same cells in memory with one torch thread, as each dask worker has
-one (distributed sets OMP_NUM_THREADS=1 in its workers; scfmkit gives the task thread that budget). The arms
+one (distributed sets OMP_NUM_THREADS=1 in its workers; scfmkit gives the task thread that budget; the threads each
+arm ran with are recorded). Clusters come from ``scfmkit._dask.local_cluster`` (what ``--workers N`` starts: profiler
+off, no ``MALLOC_TRIM_THRESHOLD_``); their start-up and the workers' model load are timed apart (``dask_start_up``),
+as is the single process's model warm-up: the timed runs are the same cells on an existing cluster. The arms
 (single process, 1 worker, 2 workers) run interleaved ``--repeats`` times; overhead = dask vs the single process of
 the same repeat, median over repeats.
 ``nox -s bench`` runs the default size (1,000,000 cells); ``--quick`` 20,000 cells.
@@ -79,11 +82,10 @@ def task_torch_threads(ref) -> int:
 
 def main() -> None:
     args = parse()
-    import dask
     import torch
     import zarr
     from anndata.experimental import read_elem_lazy, read_lazy
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     import scfmkit as fm
     from scfmkit import _dask
@@ -93,8 +95,6 @@ def main() -> None:
     n_cells = args.cells or (20_000 if args.quick else 1_000_000)
     rec = Recorder(args.out, f"dask_{args.model}_{n_cells}")
     work = Path(tempfile.mkdtemp(prefix="scfmkit-bench-dask-"))
-    # the workers' statistical profiler samples every thread's stack many times a second: off for throughput
-    dask.config.set({"distributed.worker.profile.enabled": False})
     clusters: dict[int, tuple] = {}
     try:
         ckpt = write_random_checkpoint(
@@ -107,15 +107,17 @@ def main() -> None:
         common = {"cells": n_cells, "genes": args.genes, "model": args.model, "block_size": args.block_size}
         rec.record("load_average_at_start", **common, value=os.getloadavg())
 
-        torch.set_num_threads(1)
         model = fm.models.load(str(ckpt), weights="random")
+        torch.set_num_threads(1)  # after the load, which can reset torch's threads
         ref = _dask.ModelRef.of(model)
         warm = adata[:200].copy()  # start-up (imports, model load, compiled kernels) is timed apart from the run
         t = time.perf_counter()
         model.embed_cells(warm)
         rec.record("single_process_start_up", **common, seconds=round(time.perf_counter() - t, 2))
         for n_workers in args.workers:  # all clusters up before the timed runs; they idle while another arm runs
-            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
+            t = time.perf_counter()
+            cluster = _dask.local_cluster(n_workers)
+            cluster_seconds = time.perf_counter() - t
             client = Client(cluster, set_as_default=False)
             clusters[n_workers] = (cluster, client)
             t = time.perf_counter()
@@ -127,7 +129,8 @@ def main() -> None:
                 "dask_start_up",
                 **common,
                 workers=n_workers,
-                seconds=round(time.perf_counter() - t, 2),
+                cluster_start_seconds=round(cluster_seconds, 2),
+                model_load_and_warm_up_seconds=round(time.perf_counter() - t, 2),
                 torch_threads_in_task=sorted(tt.values()),
             )
 
@@ -137,7 +140,13 @@ def main() -> None:
             t, c = time.perf_counter(), cpu_seconds()
             single = model.embed_cells(adata)[0]
             rows["single"].append((time.perf_counter() - t, cpu_seconds() - c))
-            rec.record("single_process", **common, repeat=rep, torch_threads=1, seconds=round(rows["single"][-1][0], 2))
+            rec.record(
+                "single_process",
+                **common,
+                repeat=rep,
+                torch_threads=torch.get_num_threads(),
+                seconds=round(rows["single"][-1][0], 2),
+            )
             for n_workers, (_, client) in clusters.items():
                 store = work / f"emb_{n_workers}_{rep}.zarr"
                 with client.as_current():

@@ -29,6 +29,7 @@ __all__ = [
     "connect",
     "fingerprint_of",
     "is_dask",
+    "local_cluster",
     "run_tasks",
 ]
 
@@ -132,7 +133,7 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, timeo
     Returns ``(client, cluster_or_None)``; an unreachable address raises :class:`ConnectionError` saying so.
     """
     require_dask()
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if scheduler is not None:
         try:
@@ -143,13 +144,32 @@ def connect(scheduler: str | None = None, *, n_workers: int | None = None, timeo
                 "(`dask scheduler`, `dask worker ADDRESS`) or use `--workers N` for a local cluster."
             )
             raise ConnectionError(msg) from err
-    import dask
-
-    # the workers' statistical profiler samples every thread many times a second: measured 60% -> 22% CPU overhead
-    # against one process when off (benchmarks/bench_dask.py)
-    with dask.config.set({"distributed.worker.profile.enabled": False}):
-        cluster = LocalCluster(n_workers=n_workers or 1, threads_per_worker=1, processes=True, dashboard_address=None)
+    cluster = local_cluster(n_workers or 1)
     return Client(cluster), cluster
+
+
+def local_cluster(n_workers: int, *, threads_per_worker: int = 1):
+    """A ``LocalCluster`` of ``n_workers`` processes set up for model inference (what ``connect`` starts).
+
+    Two of distributed's defaults are changed for its workers only:
+
+    - the statistical profiler is off (it samples every thread's stack many times a second);
+    - ``MALLOC_TRIM_THRESHOLD_`` is not set in the workers' environment. distributed sets it to 64 KiB to hand freed
+      memory back to the OS; setting it also switches off glibc's adaptive mmap threshold, so every tensor the
+      forward pass allocates is a fresh mmap whose pages fault in again: measured +55% CPU time (mostly system
+      time) for the same block in a worker against this process (``benchmarks/bench_dask_phases.py``). Peak RSS
+      stays bounded by one block's working set. On a cluster you start yourself, drop it the same way
+      (``distributed.nanny.pre-spawn-environ`` in dask's config).
+    """
+    import dask
+    from distributed import LocalCluster
+
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ.pop("MALLOC_TRIM_THRESHOLD_", None)
+    with dask.config.set({"distributed.worker.profile.enabled": False, "distributed.nanny.pre-spawn-environ": environ}):
+        return LocalCluster(
+            n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True, dashboard_address=None
+        )
 
 
 def run_tasks(tasks: Sequence[Any], *, desc: str = "blocks") -> list[Any]:
