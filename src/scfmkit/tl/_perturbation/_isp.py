@@ -21,6 +21,15 @@ if TYPE_CHECKING:
 __all__ = ["geneformer_perturb"]
 
 
+def _check_layer_pooling(fm_model: Any, emb_layer: int, pooling: str) -> None:
+    if not -fm_model.n_layers <= emb_layer <= 0:
+        msg = f"`emb_layer` must be between {-fm_model.n_layers} and 0, got {emb_layer}."
+        raise ValueError(msg)
+    if pooling not in {"mean", "cls"} or (pooling == "cls" and not fm_model.vocab.special_tokens):
+        msg = f"`pooling` must be 'mean' (or 'cls' for Geneformer V2), got {pooling!r}."
+        raise ValueError(msg)
+
+
 def _perturb_tokens(
     cell: np.ndarray, targets: Sequence[int], *, mode: str, skip: int, max_genes: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -101,12 +110,7 @@ def _perturb_each_gene(
 
     from ._isp_all import delete_each_gene
 
-    if not -fm_model.n_layers <= emb_layer <= 0:
-        msg = f"`emb_layer` must be between {-fm_model.n_layers} and 0, got {emb_layer}."
-        raise ValueError(msg)
-    if pooling not in {"mean", "cls"} or (pooling == "cls" and not fm_model.vocab.special_tokens):
-        msg = f"`pooling` must be 'mean' (or 'cls' for Geneformer V2), got {pooling!r}."
-        raise ValueError(msg)
+    _check_layer_pooling(fm_model, emb_layer, pooling)
     tokens, coverage = fm_model.tokenize(target, layer=layer, gene_key=gene_key, input=input)
     long, summary = delete_each_gene(
         fm_model,
@@ -317,12 +321,7 @@ def geneformer_perturb(
         msg = f"Genes {missing} are not in {fm_model.name}'s dictionaries; check the names (symbols or Ensembl ids)."
         raise ValueError(msg)
     target_tokens = [int(match.token_ids[c]) for c in match.column]
-    if not -fm_model.n_layers <= emb_layer <= 0:
-        msg = f"`emb_layer` must be between {-fm_model.n_layers} and 0, got {emb_layer}."
-        raise ValueError(msg)
-    if pooling not in {"mean", "cls"} or (pooling == "cls" and not fm_model.vocab.special_tokens):
-        msg = f"`pooling` must be 'mean' (or 'cls' for Geneformer V2), got {pooling!r}."
-        raise ValueError(msg)
+    _check_layer_pooling(fm_model, emb_layer, pooling)
     gen = as_generator(rng)
 
     use = is_goal | is_start
