@@ -12,7 +12,7 @@ pretrained rows beside them.
 
 Usage (writes ``<out>/perturbation_fm_table.md``; ``--csv`` adds ``<out>/perturbation_fm_scores.csv``)::
 
-    flock /work/wt/bench.lock python benchmarks/perturbation_fm_table.py --out benchmarks/results
+    python benchmarks/perturbation_fm_table.py --out benchmarks/results
 """
 
 from __future__ import annotations
