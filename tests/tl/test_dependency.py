@@ -55,10 +55,10 @@ def _gf(gf_dir):
 
 def _brute_geneformer(model, cell, source, *, mode, emb_layer=-1):
     """Per target token: (1 - cos, log-odds change) from two plain forward passes of one cell."""
-    from scfmkit.tl._perturbation._isp import _perturb_tokens
+    from scfmkit.tl._perturbation._isp_compare import perturb_pair
 
     skip = 1 if model.vocab.special_tokens else 0
-    pert, _, _ = _perturb_tokens(cell, [source], mode=mode, skip=skip, max_genes=model.input_size - 2 * skip)
+    pert = perturb_pair(cell, [source], mode=mode, skip=skip, max_len=model.input_size).perturbed
     enc = model.encoder(model.n_layers, "cpu", mlm_head=True)
     with torch.inference_mode():
         o = enc(

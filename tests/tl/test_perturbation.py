@@ -238,29 +238,48 @@ def test_benchmark_norman_subset(shared_dir):
 
 
 # ---------------------------------------------------------------- Geneformer in-silico perturbation
-from scfmkit.tl._perturbation._isp import _null_targets, _perturb_tokens  # noqa: E402
+from scfmkit.tl._perturbation._isp import _null_targets  # noqa: E402
+from scfmkit.tl._perturbation._isp_compare import perturb_pair  # noqa: E402
 
 
-def test_perturb_tokens_kernel():
+def _pair(cell, targets, **kw):
+    p = perturb_pair(np.asarray(cell), targets, **kw)
+    return (
+        None if p is None else (p.perturbed.tolist(), p.original.tolist(), p.pert_keep.tolist(), p.orig_keep.tolist())
+    )
+
+
+def test_perturb_pair_kernel():
     cell = np.array([2, 10, 11, 12, 13, 3])  # V2 layout: <cls> genes <eos>
-    ids, pert_ex, orig_ex = _perturb_tokens(cell, [12], mode="delete", skip=1, max_genes=10)
-    np.testing.assert_array_equal(ids, [2, 10, 11, 13, 3])
-    assert pert_ex.tolist() == []
-    assert orig_ex.tolist() == [2]  # gene position of 12 after <cls>
-    assert _perturb_tokens(cell, [99], mode="delete", skip=1, max_genes=10) is None
-    assert _perturb_tokens(cell, [12, 99], mode="delete", skip=1, max_genes=10) is None  # needs every gene
+    # delete: the remaining genes of the original are compared, in order, with the perturbed cell's genes
+    assert _pair(cell, [12], mode="delete", skip=1, max_len=12) == (
+        [2, 10, 11, 13, 3],
+        cell.tolist(),
+        [1, 2, 3],
+        [1, 2, 4],
+    )
+    assert _pair(cell, [99], mode="delete", skip=1, max_len=12) is None
+    assert _pair(cell, [12, 99], mode="delete", skip=1, max_len=12) is None  # needs every gene
     # overexpress: to the front after <cls>; the moved gene is compared in neither embedding
-    ids, pert_ex, orig_ex = _perturb_tokens(cell, [12], mode="overexpress", skip=1, max_genes=10)
-    np.testing.assert_array_equal(ids, [2, 12, 10, 11, 13, 3])
-    assert pert_ex.tolist() == [0]
-    assert orig_ex.tolist() == [2]
-    # inserted when absent; truncated to the input size; the truncated gene (13) is left out of the original too
-    ids, pert_ex, orig_ex = _perturb_tokens(cell, [99], mode="overexpress", skip=1, max_genes=4)
-    np.testing.assert_array_equal(ids, [2, 99, 10, 11, 12, 3])
-    assert pert_ex.tolist() == [0]
-    assert orig_ex.tolist() == [3]
-    ids, _, _ = _perturb_tokens(cell[1:-1], [13], mode="overexpress", skip=0, max_genes=10)
-    np.testing.assert_array_equal(ids, [13, 10, 11, 12])
+    assert _pair(cell, [12], mode="overexpress", skip=1, max_len=12) == (
+        [2, 12, 10, 11, 13, 3],
+        cell.tolist(),
+        [2, 3, 4],
+        [1, 2, 4],
+    )
+    # inserted when absent; the overflow (13) is cut from the perturbed cell and from the original (<eos> kept)
+    assert _pair(cell, [99], mode="overexpress", skip=1, max_len=6) == (
+        [2, 99, 10, 11, 12, 3],
+        [2, 10, 11, 12, 3],
+        [2, 3, 4],
+        [1, 2, 3],
+    )
+    assert _pair(cell[1:-1], [13], mode="overexpress", skip=0, max_len=10) == (
+        [13, 10, 11, 12],
+        [10, 11, 12, 13],
+        [1, 2, 3],
+        [0, 1, 2],
+    )
 
 
 def test_null_targets_matched_rank():

@@ -30,34 +30,6 @@ def _check_layer_pooling(fm_model: Any, emb_layer: int, pooling: str) -> None:
         raise ValueError(msg)
 
 
-def _perturb_tokens(
-    cell: np.ndarray, targets: Sequence[int], *, mode: str, skip: int, max_genes: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Perturb one cell's token ids as Geneformer's InSilicoPerturber does.
-
-    Returns ``(perturbed_ids, perturbed_excluded, original_excluded)``: the new ids (special tokens kept) and, for
-    the comparison of the two embeddings, the gene positions (0-based after ``<cls>``) to leave out of each mean so
-    that only the genes that were not perturbed are compared: the deleted genes in the original; the moved or
-    inserted genes in the perturbed cell, and in the original the moved genes plus any gene truncated off the end.
-    ``None`` when ``mode="delete"`` and the cell does not express every target (or would keep no gene).
-    """
-    head, body, tail = cell[:skip], cell[skip : len(cell) - skip], cell[len(cell) - skip :]
-    present = np.isin(body, targets)
-    empty = np.zeros(0, np.int64)
-    if mode == "delete":
-        if not np.isin(targets, body).all() or present.all():
-            return None
-        return np.concatenate([head, body[~present], tail]), empty, np.flatnonzero(present)
-    front = np.asarray(list(dict.fromkeys(targets)), dtype=cell.dtype)
-    rest_pos = np.flatnonzero(~present)
-    kept = rest_pos[: max(max_genes - len(front), 0)]
-    dropped = rest_pos[len(kept) :]
-    new_body = np.concatenate([front, body[kept]])
-    pert_excl = np.arange(len(front))
-    orig_excl = np.sort(np.concatenate([np.flatnonzero(present), dropped]))
-    return np.concatenate([head, new_body, tail]), pert_excl, orig_excl
-
-
 def _null_targets(
     cell: np.ndarray, targets: Sequence[int], *, skip: int, window: int, pool: np.ndarray, gen: np.random.Generator
 ) -> list[int] | None:
