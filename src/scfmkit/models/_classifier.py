@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -351,7 +352,11 @@ def fit_classifier(
                 "lr": float(opt.param_groups[0]["lr"]),
             }
             if sched_every == "epoch":
-                sched.step()
+                with warnings.catch_warnings():
+                    # with no optimiser step yet (accumulation longer than the data, warned above) torch warns; the
+                    # reference steps its schedule every epoch all the same
+                    warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+                    sched.step()
             if val_idx is not None and len(val_idx):
                 row |= _evaluate(net, tokens, y, val_idx, cfg, loss_fn)
                 if sign * row[cfg.best_metric] > best_score:
