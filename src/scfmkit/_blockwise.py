@@ -413,11 +413,7 @@ def embed_genes_blockwise(
         mean = (sums / counts[:, None]).astype(np.float32)
     params = dict(template)
     if model.family == "geneformer":
-        match = model.match_genes(
-            inp.var[gene_key] if gene_key else inp.var.index,
-            gene_id_type=options.get("gene_id_type", "auto"),
-            duplicates=options.get("duplicates", "reference"),
-        )
+        match = _geneformer_match(model, inp.empty(), dict(options))  # the same match every block's task makes
         out = np.full((inp.n_vars, model.hidden_size), np.nan, np.float32)
         has = match.column >= 0
         out[has] = mean[match.column[has]]

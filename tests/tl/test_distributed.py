@@ -93,6 +93,21 @@ def test_duplicates_option_honoured(cells, gf_dir):
     np.testing.assert_allclose(out.obsm["X_geneformer"], ref.obsm["X_geneformer"], atol=1e-6)
 
 
+@pytest.mark.parametrize("duplicates", ["reference", "sum"])
+def test_genes_gene_key_and_duplicates(cells, gf_dir, duplicates):
+    """Blockwise contextual gene embeddings match the in-memory ones with ``gene_key`` and a repeated gene id."""
+    a = cells.copy()
+    ids = a.var_names.to_numpy().copy()
+    ids[1] = ids[0]  # two var entries on one gene id
+    a.var["ens"] = ids
+    a.var_names = [f"g{i}" for i in range(a.n_vars)]
+    kw = {"gene_key": "ens", "duplicates": duplicates, "copy": True}
+    g0 = fm.tl.embed_genes(a, str(gf_dir), **kw).varm["geneformer_contextual"]
+    g1 = fm.tl.embed_genes(a, str(gf_dir), block_size=25, **kw).varm["geneformer_contextual"]
+    np.testing.assert_array_equal(np.isnan(g1), np.isnan(g0))
+    np.testing.assert_allclose(g1, g0, atol=1e-6)
+
+
 def test_lazy_zarr_input(cells, gf_dir, reference, tmp_path):
     from anndata.experimental import read_lazy
 
