@@ -68,6 +68,19 @@ def tiled(n_cells: int, n_genes: int):
 
 
 def worker_rss_gib() -> float:
+    """Peak RSS of this process since it started (GiB): ``VmHWM`` of ``/proc/self/status`` where there is one.
+
+    Not ``getrusage``'s ``ru_maxrss``: Linux carries it over a fork + exec, so a worker spawned by a large client
+    process would report the client's RSS at that moment (measured: 4.29 GiB per worker at 1,000,000 cells, the
+    client's figure).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024**2
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
 
