@@ -1,29 +1,31 @@
 """Compiled (numba) kernels of the rank-value tokeniser; imported lazily by :mod:`._rank_tokenize`.
 
-Two passes over a CSR chunk, each over a range of cells ``[first, stop)`` so that threads can share a chunk (the
-kernels release the GIL; :func:`run_threaded` splits the cells by their stored entries). Python threads rather than
-numba's ``parallel=True``: numba's OpenMP layer kills a process forked after it ran (multiprocessing's default start
-method on Linux), and its fallback layer aborts when two threads call a kernel at once.
+One pass over a CSR chunk, over a range of cells ``[first, stop)`` so that threads can share a chunk (the kernel
+releases the GIL; :func:`run_threaded` splits the cells by their stored entries). Python threads rather than numba's
+``parallel=True``: numba's OpenMP layer kills a process forked after it ran (multiprocessing's default start method on
+Linux), and its fallback layer aborts when two threads call a kernel at once.
 
-1. :func:`count_kept` counts each cell's entries that will be ranked (every stored entry of a gene with a token,
-   explicitly stored zeros included, as the reference ranks the stored entries of its normalised sparse matrix) and
-   sums its matched counts;
-2. :func:`rank` orders each cell's kept entries by descending value and writes token ids; a cell where two entries of
-   different tokens have the same value is flagged, so that the caller can order it with numpy's own (non-stable)
-   ``argsort``, as the reference does.
+:func:`rank` reads each cell's stored entries once: it counts those that are ranked (every stored entry of a gene with
+a token, explicitly stored zeros included, as the reference ranks the stored entries of its normalised sparse matrix),
+sums their counts, orders them by descending value and writes their token ids from a bound of the cell's offset (the
+offset if every stored entry had a token); :func:`compact` then moves the cells' tokens together. A cell where two
+entries of different tokens have the same value is flagged, so that the caller can order it with numpy's own
+(non-stable) ``argsort``, as the reference does. Genes are looked up in per-column tables (token id, -1 for a gene
+without one; the median term), one lookup per entry and no branch.
 
 The value is the reference's arithmetic, operation by operation and in the same dtypes (no fast-math, so nothing is
 reassociated). From a sparse matrix (scipy divides by a dense array as a multiplication by its reciprocal):
 ``float64(x * recip * scale) * inv_median`` with ``x``, ``recip`` and ``scale`` in the common dtype of the counts and
 the cell totals. From a dense array (numpy's true division): ``float64((x / n_counts) * scale) / median``.
 
-The per-cell sort is a least-significant-digit radix sort. A comparison sort spends most of its time on mispredicted
-branches (cells are a few thousand values in no useful order); the radix sort has no data-dependent branches. For
+The per-cell sort is a least-significant-digit radix sort (a comparison sort spends most of its time on mispredicted
+branches: cells are a few thousand values in no useful order; the radix sort has no data-dependent branches). For
 positive floats the bit pattern read as an unsigned integer orders like the value, so the complement of the bits
-orders by descending value. The sort runs on the upper 32 bits less their smallest value in the cell (4 passes of 8
-bits, passes where every key has the same digit skipped: usually the top one, as a cell's values span a few
-octaves); being stable, it keeps column order among equal keys, and runs of equal upper halves (rare) are
-then put in order of the full 64 bits by a stable insertion sort. The result equals a stable sort by descending value.
+orders by descending value. Each entry becomes one 64-bit word, its key less the cell's smallest (shifted right where
+key and entry number would not fit together) above its entry number, so that one array moves per pass. The words are
+sorted on their top 22 bits (2 passes of 11 bits; 16 bits for cells under 1,024 entries); being stable, the sort
+keeps entry (column) order among equal digits, and runs of equal sorted bits (rare) are then put in order of the full
+64-bit key by a stable insertion sort. The result equals a stable sort by descending value.
 """
 
 from __future__ import annotations
@@ -61,73 +63,14 @@ def run_threaded(kernel, indptr: np.ndarray, *args) -> None:
             future.result()
 
 
-@numba.njit(cache=True, nogil=True)
-def count_kept(first, stop, indptr, data, indices, column, recip, scale, inv_median, divide, kept, matched):
-    """Cells ``first..stop-1``: ``kept`` = stored entries of genes with a token, ``matched`` = their counts."""
-    for i in range(first, stop):
-        n = 0
-        total = 0.0
-        for p in range(indptr[i], indptr[i + 1]):
-            if column[indices[p]] >= 0:
-                total += data[p]
-                n += 1
-        kept[i] = n
-        matched[i] = total
-
-
 @numba.njit(inline="always")
-def _radix_argsort(full, size, keys, tmp_keys, order, tmp_order, counts):
-    """Stable argsort of ``full[:size]`` (uint64) ascending; returns the order array (one of two buffers)."""
-    low = np.uint32(0xFFFFFFFF)
-    for k in range(size):
-        key = np.uint32(full[k] >> np.uint64(32))
-        keys[k] = key
-        low = min(low, key)
-        order[k] = k
-    counts[:, :] = 0
-    for k in range(size):  # the four digit histograms in one pass
-        # less the smallest key (same order): a cell's values span a few octaves, so the top digit is then
-        # the same for every key and its pass is skipped
-        key = keys[k] - low
-        keys[k] = key
-        counts[0, key & 255] += 1
-        counts[1, (key >> 8) & 255] += 1
-        counts[2, (key >> 16) & 255] += 1
-        counts[3, key >> 24] += 1
-    src_k, dst_k, src_o, dst_o = keys, tmp_keys, order, tmp_order
-    for d in range(4):
-        if counts[d].max() == size:  # every key has the same digit: nothing to do
-            continue
-        start = 0
-        for b in range(256):
-            c = counts[d, b]
-            counts[d, b] = start
-            start += c
-        shift = 8 * d
-        for k in range(size):
-            key = src_k[k]
-            b = (key >> shift) & 255
-            q = counts[d, b]
-            counts[d, b] = q + 1
-            dst_k[q] = key
-            dst_o[q] = src_o[k]
-        src_k, dst_k = dst_k, src_k
-        src_o, dst_o = dst_o, src_o
-    j = 0
-    while j < size:  # equal upper halves: order by the full key, stable
-        e = j + 1
-        while e < size and src_k[e] == src_k[j]:
-            e += 1
-        for a in range(j + 1, e):
-            v = src_o[a]
-            fv = full[v]
-            b = a - 1
-            while b >= j and full[src_o[b]] > fv:
-                src_o[b + 1] = src_o[b]
-                b -= 1
-            src_o[b + 1] = v
-        j = e
-    return src_o
+def _bit_length(x):
+    """Bits of the uint64 ``x`` (0 for 0)."""
+    n = 0
+    while x != 0:
+        x >>= np.uint64(1)
+        n += 1
+    return n
 
 
 @numba.njit(cache=True, nogil=True)
@@ -137,63 +80,138 @@ def rank(
     indptr,
     data,
     indices,
-    column,
+    tok_var,
     recip,
     scale,
-    inv_median,
+    gene_var,
     divide,
-    kept,
-    token_of_col,
-    offsets,
+    bound,
     head,
     max_genes,
     out,
+    kept,
+    matched,
     tied,
 ):
-    """Cells ``first..stop-1``: token ids by descending value at ``out[offsets[i] + head:]``.
+    """Cells ``first..stop-1``: token ids by descending value at ``out[bound[i] + head:]``.
 
-    Equal values are put in column order; ``tied[i]`` is set where equal values belong to different tokens (their
-    order is then numpy's, which the caller applies).
+    ``tok_var``/``gene_var``: token id (-1: none) and median term of each column. Sets ``kept`` (entries ranked),
+    ``matched`` (their summed counts) and ``tied`` (equal values of different tokens: the caller orders the cell with
+    numpy's argsort). Equal values are put in column order.
     """
-    # scratch buffers for the longest cell of the range, allocated once (not per cell)
-    longest = 0
+    # scratch buffers for the longest cell of the range, allocated once (not per cell); one spare entry, as the
+    # branch-free gather writes every entry and advances only past those with a token
+    longest = 1
     for i in range(first, stop):
-        longest = max(longest, kept[i])
-    vals_buf = np.empty(longest, np.float64)
-    toks_buf = np.empty(longest, out.dtype)
-    keys = np.empty(longest, np.uint32)
-    tmp_keys = np.empty(longest, np.uint32)
-    order_buf = np.empty(longest, np.int32)
-    tmp_order = np.empty(longest, np.int32)
-    hist = np.empty((4, 256), np.int64)
-    full_buf = np.empty(longest, np.uint64)
+        longest = max(longest, indptr[i + 1] - indptr[i])
+    vals = np.empty(longest + 1, np.float64)
+    full = vals.view(np.uint64)
+    toks = np.empty(longest + 1, out.dtype)
+    a_buf = np.empty(longest, np.uint64)
+    b_buf = np.empty(longest, np.uint64)
+    hist = np.empty((2, 2048), np.int32)
+    one = np.uint64(1)
     for i in range(first, stop):
-        size = kept[i]
-        if size == 0:
-            continue
-        vals = vals_buf[:size]
-        toks = toks_buf[:size]
         r = recip[i]
         k = 0
+        total = 0.0
+        fmin = np.uint64(0xFFFFFFFFFFFFFFFF)
+        fmax = np.uint64(0)
         for p in range(indptr[i], indptr[i + 1]):
-            c = column[indices[p]]
-            if c >= 0:
-                vals[k] = _value(data[p], r, scale, inv_median[c], divide)
-                toks[k] = token_of_col[c]
-                k += 1
-        full = full_buf[:size]
-        bits = vals.view(np.uint64)
-        for k in range(size):
-            full[k] = ~bits[k]
-        order = _radix_argsort(full, size, keys, tmp_keys, order_buf, tmp_order, hist)
+            j = indices[p]
+            t = tok_var[j]
+            x = data[p]
+            vals[k] = _value(x, r, scale, gene_var[j], divide)
+            f = ~full[k]  # descending value = ascending key
+            full[k] = f
+            toks[k] = t
+            m = t >= 0
+            total += x if m else 0.0
+            sel = np.uint64(0) - np.uint64(m)  # all ones for an entry with a token
+            fmin = min(fmin, f | ~sel)
+            fmax = max(fmax, f & sel)
+            k += m
+        size = k
+        kept[i] = size
+        matched[i] = total
         tied[i] = 0
-        for t in range(size - 1):
-            if full[order[t]] == full[order[t + 1]] and toks[order[t]] != toks[order[t + 1]]:
-                tied[i] = 1
-                break
-        start = offsets[i] + head
+        if size == 0:
+            continue
+        # word = (key - smallest) >> s, then the entry number in the low ib bits
+        rbits = _bit_length(fmax - fmin)
+        ib = _bit_length(np.uint64(size - 1))
+        kb = min(rbits, 64 - ib)
+        s = np.uint64(rbits - kb)
+        rw = kb + ib
+        db = 11 if size >= 1024 else 8
+        cut = max(0, rw - 2 * db)  # the bits sorted on: [cut, rw)
+        n_pass = 1 if rw - cut <= db else 2
+        dmask = np.uint64((1 << db) - 1)
+        ucut = np.uint64(cut)
+        ucut2 = np.uint64(cut + db)
+        nb = 1 << db
+        ibu = np.uint64(ib)
+        hist[0, :nb] = 0
+        hist[1, :nb] = 0
+        for k in range(size):
+            w = (((full[k] - fmin) >> s) << ibu) | np.uint64(k)
+            a_buf[k] = w
+            hist[0, (w >> ucut) & dmask] += 1
+            hist[1, (w >> ucut2) & dmask] += 1
+        src, dst = a_buf, b_buf
+        for d in range(n_pass):
+            start = 0
+            for b in range(nb):
+                c = hist[d, b]
+                hist[d, b] = start
+                start += c
+            sh = ucut if d == 0 else ucut2
+            for k in range(size):
+                w = src[k]
+                b = (w >> sh) & dmask
+                q = hist[d, b]
+                hist[d, b] = q + 1
+                dst[q] = w
+            src, dst = dst, src
+        mask = (one << ibu) - one
+        j = 0
+        while j < size - 1:  # runs of equal sorted bits: order by the full key (stable), check for exact ties
+            hj = src[j] >> ucut
+            if (src[j + 1] >> ucut) != hj:
+                j += 1
+                continue
+            e = j + 2
+            while e < size and (src[e] >> ucut) == hj:
+                e += 1
+            for a in range(j + 1, e):
+                v = src[a]
+                fv = full[v & mask]
+                b = a - 1
+                while b >= j and full[src[b] & mask] > fv:
+                    src[b + 1] = src[b]
+                    b -= 1
+                src[b + 1] = v
+            for a in range(j, e - 1):
+                x = src[a] & mask
+                y = src[a + 1] & mask
+                if full[x] == full[y] and toks[x] != toks[y]:
+                    tied[i] = 1
+            j = e
+        start = bound[i] + head
         for t in range(min(size, max_genes)):
-            out[start + t] = toks[order[t]]
+            out[start + t] = toks[src[t] & mask]
+
+
+@numba.njit(cache=True, nogil=True)
+def compact(bound, offsets, head, tail, out):
+    """Move each cell's tokens from ``out[bound[i] + head:]`` to ``out[offsets[i] + head:]`` (``offsets <= bound``)."""
+    for i in range(len(offsets) - 1):
+        src = bound[i] + head
+        dst = offsets[i] + head
+        if src == dst:
+            continue
+        for t in range(offsets[i + 1] - offsets[i] - head - tail):
+            out[dst + t] = out[src + t]
 
 
 def summarize(data: np.ndarray) -> tuple[int, float, float, int]:

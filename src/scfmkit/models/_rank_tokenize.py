@@ -114,36 +114,37 @@ def rank_value_tokenize_counts(
         per_cell = np.true_divide(1.0, n_counts)
         dt = np.result_type(counts.dtype, per_cell.dtype)
         per_cell, per_gene = per_cell.astype(dt, copy=False), np.true_divide(1.0, medians)
-    arrays = (
-        counts.data.astype(dt, copy=False),
-        counts.indices,
-        np.asarray(column, np.int64),
-        per_cell,
-        dt.type(TARGET_SUM),
-        per_gene,
-        bool(divide),
-    )
-    kept = np.empty(n, np.int64)
-    matched = np.empty(n, np.float64)
-    _rank_kernels.run_threaded(_rank_kernels.count_kept, counts.indptr, *arrays, kept, matched)
     head, tail = int(cls_token is not None), int(eos_token is not None)
-    offsets = np.zeros(n + 1, np.int64)
-    np.cumsum(np.minimum(kept, max_genes) + head + tail, out=offsets[1:])
     dtype = token_dtype(token_ids, cls_token, eos_token)
+    # per column of `counts`: token id (-1: none) and median term, so that the kernel looks each entry up once
+    column = np.asarray(column, np.int64)
+    has_token = column >= 0
+    tok_var = np.where(has_token, np.asarray(token_ids)[np.maximum(column, 0)], -1).astype(dtype)
+    gene_var = np.where(has_token, per_gene[np.maximum(column, 0)], 1.0)
+    arrays = (counts.data.astype(dt, copy=False), counts.indices, tok_var, per_cell, dt.type(TARGET_SUM), gene_var)
+    # the kernel writes each cell's tokens from a bound of its offset (every stored entry ranked), then they are moved
+    # together: one pass over the entries instead of a counting pass first
+    bound = np.zeros(n + 1, np.int64)
+    np.cumsum(np.minimum(np.diff(counts.indptr), max_genes) + head + tail, out=bound[1:])
     if out is None:
-        ids = np.empty(offsets[-1], dtype)
-    elif out.dtype != dtype or len(out) < offsets[-1]:
-        msg = f"`out` must be a {dtype} array of at least {offsets[-1]} entries, got {out.dtype} of {len(out)}."
+        ids = np.empty(bound[-1], dtype)
+    elif out.dtype != dtype or len(out) < bound[-1]:
+        msg = f"`out` must be a {dtype} array of at least {bound[-1]} entries, got {out.dtype} of {len(out)}."
         raise ValueError(msg)
     else:
-        ids = out[: offsets[-1]]
-    token_of_col = np.asarray(token_ids).astype(ids.dtype)
+        ids = out[: bound[-1]]
+    kept = np.empty(n, np.int64)
+    matched = np.empty(n, np.float64)
     tied = np.zeros(n, np.uint8)
     _rank_kernels.run_threaded(
-        _rank_kernels.rank, counts.indptr, *arrays, kept, token_of_col, offsets, head, max_genes, ids, tied
+        _rank_kernels.rank, counts.indptr, *arrays, bool(divide), bound, head, max_genes, ids, kept, matched, tied
     )
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(np.minimum(kept, max_genes) + head + tail, out=offsets[1:])
+    _rank_kernels.compact(bound, offsets, head, tail, ids)
+    ids = ids[: offsets[-1]]
     for i in np.flatnonzero(tied):  # exact ties between different tokens: numpy's argsort, as the reference
-        ids[offsets[i] + head : offsets[i + 1] - tail] = _argsort_cell(counts, i, arrays, token_of_col, max_genes)
+        ids[offsets[i] + head : offsets[i + 1] - tail] = _argsort_cell(counts, i, arrays, divide, max_genes)
     if cls_token is not None:
         ids[offsets[:-1]] = cls_token
     if eos_token is not None:
@@ -151,15 +152,15 @@ def rank_value_tokenize_counts(
     return TokenizedCells(ids, offsets), kept, matched
 
 
-def _argsort_cell(counts, i, arrays, token_of_col, max_genes):
+def _argsort_cell(counts, i, arrays, divide, max_genes):
     """Token ids of cell ``i`` ordered by ``np.argsort(-value)`` (the reference's call) on the same float64 values."""
-    data, _, column, per_cell, scale, per_gene, divide = arrays
+    data, _, tok_var, per_cell, scale, gene_var = arrays
     lo, hi = counts.indptr[i], counts.indptr[i + 1]
-    cols = column[counts.indices[lo:hi]]
-    keep = cols >= 0
+    cols = counts.indices[lo:hi]
+    keep = tok_var[cols] >= 0
     x, cols = data[lo:hi][keep], cols[keep]
     if divide:
-        value = ((x / per_cell[i]) * scale).astype(np.float64) / per_gene[cols]
+        value = ((x / per_cell[i]) * scale).astype(np.float64) / gene_var[cols]
     else:
-        value = (x * per_cell[i] * scale).astype(np.float64) * per_gene[cols]
-    return token_of_col[cols][np.argsort(-value)][:max_genes]
+        value = (x * per_cell[i] * scale).astype(np.float64) * gene_var[cols]
+    return tok_var[cols][np.argsort(-value)][:max_genes]
