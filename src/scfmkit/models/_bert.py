@@ -9,13 +9,13 @@ asked for. The masked-LM head (``cls.predictions.*``) is an explicit optional pa
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from ._bert_config import ACTIVATIONS, BertConfig
 
 __all__ = [
     "BertConfig",
@@ -26,48 +26,9 @@ __all__ = [
     "convert_hf_state_dict",
 ]
 
+# the names of ACTIVATIONS (the config refuses others)
 _ACT = {"relu": F.relu, "gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu}
-
-
-@dataclass(frozen=True)
-class BertConfig:
-    """The fields of a HuggingFace BERT ``config.json`` that inference needs."""
-
-    vocab_size: int
-    hidden_size: int
-    num_hidden_layers: int
-    num_attention_heads: int
-    intermediate_size: int
-    max_position_embeddings: int
-    hidden_act: str = "relu"
-    layer_norm_eps: float = 1e-12
-    type_vocab_size: int = 2
-    pad_token_id: int = 0
-    initializer_range: float = 0.02
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> BertConfig:
-        """Build from a parsed ``config.json``, refusing architectures this encoder does not implement."""
-        if d.get("model_type", "bert") != "bert":
-            msg = f"Expected a BERT config (model_type 'bert'), got {d.get('model_type')!r}."
-            raise ValueError(msg)
-        if d.get("position_embedding_type", "absolute") != "absolute":
-            msg = f"Only absolute position embeddings are supported, got {d.get('position_embedding_type')!r}."
-            raise ValueError(msg)
-        if d.get("hidden_act", "relu") not in _ACT:
-            msg = f"Unsupported hidden_act {d.get('hidden_act')!r}; supported: {sorted(_ACT)}."
-            raise ValueError(msg)
-        fields = cls.__dataclass_fields__
-        kwargs = {k: d[k] for k in fields if k in d and d[k] is not None}
-        missing = [
-            k for k in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads") if k not in kwargs
-        ]
-        if missing:
-            msg = f"config.json lacks {missing}."
-            raise ValueError(msg)
-        kwargs.setdefault("intermediate_size", 4 * kwargs["hidden_size"])
-        kwargs.setdefault("max_position_embeddings", 512)
-        return cls(**kwargs)
+assert tuple(_ACT) == ACTIVATIONS
 
 
 class _Layer(nn.Module):

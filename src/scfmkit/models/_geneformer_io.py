@@ -176,11 +176,11 @@ def read_checkpoint(directory: Path | None, *, weights: str, seed: int, name: st
         logger.warning(
             "%s was asked for but the dictionaries in %s are %s's; using %s.", name, directory, detected, detected
         )
-    from ._bert import BertConfig, check_state_dict, random_hf_state_dict
+    from ._bert_config import BertConfig, LazyRandomStateDict
 
     bert_config = BertConfig.from_dict(config)
     if weights == "random":
-        state_dict = random_hf_state_dict(bert_config, seed)
+        state_dict = LazyRandomStateDict(bert_config, seed)  # drawn when first used (not to tokenise)
         weights_id = f"random:{seed}"
     else:
         wfile = find_weights(
@@ -189,6 +189,8 @@ def read_checkpoint(directory: Path | None, *, weights: str, seed: int, name: st
             where="Put the released Geneformer weights there (HuggingFace ctheodoris/Geneformer).",
         )
         state_dict = load_state_dict(wfile)
+        from ._bert import check_state_dict
+
         check_state_dict(state_dict, bert_config, source=wfile)
         weights_id = f"sha256:{sha256_file(wfile)}"
     return config, vocab, state_dict, weights_id, directory, detected

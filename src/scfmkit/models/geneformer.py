@@ -64,7 +64,7 @@ class GeneformerModel(FoundationModel):
         source: str,
         device: str | None = None,
     ) -> None:
-        from ._bert import BertConfig
+        from ._bert_config import BertConfig
 
         self.config: BertConfig = BertConfig.from_dict(config)
         self.config_dict: dict[str, Any] = dict(config)
@@ -635,7 +635,13 @@ class _BackedCSRReader:
         lo, hi = int(self.indptr[rows.start]), int(self.indptr[rows.stop])
         n = hi - lo
         if self._buf is None or len(self._buf[0]) < n:
-            self._buf = (np.empty(n, self.data.dtype), np.empty(n, self.indices.dtype))
+            # sized once for the largest block of this many rows (blocks are read from row 0 on), and the smaller
+            # buffers freed first: growing block by block held the old and the new buffers at once (peak memory)
+            self._buf = None
+            step = max(rows.stop - rows.start, 1)
+            ends = self.indptr[np.minimum(np.arange(step, len(self.indptr) - 1 + step, step), len(self.indptr) - 1)]
+            n_max = max(n, int(np.max(ends - self.indptr[:-1:step], initial=0)))
+            self._buf = (np.empty(n_max, self.data.dtype), np.empty(n_max, self.indices.dtype))
         data, indices = self._buf[0][:n], self._buf[1][:n]
         if n:
             self.data.read_direct(data, np.s_[lo:hi])
