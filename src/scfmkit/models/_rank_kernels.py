@@ -58,8 +58,12 @@ def run_threaded(kernel, indptr: np.ndarray, *args) -> None:
         return
     bounds = np.searchsorted(indptr, np.linspace(0, indptr[-1], n_threads + 1)[1:-1]).tolist()
     ranges = zip([0, *bounds], [*bounds, n_cells], strict=True)
-    with ThreadPoolExecutor(n_threads) as pool:  # a pool per call: no thread outlives it (safe to fork after)
-        for future in [pool.submit(kernel, first, stop, indptr, *args) for first, stop in ranges]:
+    (first, stop), *rest = ranges
+    # a pool per call (no thread outlives it: safe to fork after); the calling thread runs the first range itself
+    with ThreadPoolExecutor(n_threads - 1) as pool:
+        futures = [pool.submit(kernel, a, b, indptr, *args) for a, b in rest]
+        kernel(first, stop, indptr, *args)
+        for future in futures:
             future.result()
 
 
@@ -208,10 +212,14 @@ def compact(bound, offsets, head, tail, out):
     for i in range(len(offsets) - 1):
         src = bound[i] + head
         dst = offsets[i] + head
-        if src == dst:
+        n = offsets[i + 1] - offsets[i] - head - tail
+        if src == dst or n == 0:
             continue
-        for t in range(offsets[i + 1] - offsets[i] - head - tail):
-            out[dst + t] = out[src + t]
+        if dst + n <= src:  # apart (the usual case after a few cells): one block copy
+            out[dst : dst + n] = out[src : src + n]
+        else:
+            for t in range(n):  # overlapping, moving down: element by element from the start is safe
+                out[dst + t] = out[src + t]
 
 
 def summarize(data: np.ndarray) -> tuple[int, float, float, int]:
@@ -221,8 +229,9 @@ def summarize(data: np.ndarray) -> tuple[int, float, float, int]:
     if n_threads == 1:
         return summarize_range(data)
     edges = np.linspace(0, data.size, n_threads + 1).astype(np.int64)
-    with ThreadPoolExecutor(n_threads) as pool:
-        parts = list(pool.map(summarize_range, [data[a:b] for a, b in zip(edges[:-1], edges[1:], strict=True)]))
+    with ThreadPoolExecutor(n_threads - 1) as pool:  # the calling thread summarises the first part
+        futures = [pool.submit(summarize_range, data[a:b]) for a, b in zip(edges[1:-1], edges[2:], strict=True)]
+        parts = [summarize_range(data[: edges[1]]), *(f.result() for f in futures)]
     return (
         sum(p[0] for p in parts),
         min(p[1] for p in parts),
