@@ -83,7 +83,9 @@ def rank_value_tokenize_counts(
         column ``j``. Selecting the matched genes this way avoids a copy. Genes are taken in the column order of
         ``counts`` (which decides exact ties, as in the reference).
     out
-        Array of dtype :func:`token_dtype` to write the token ids to (from its start); a new one by default.
+        Array of dtype :func:`token_dtype` to write the token ids to (from its start); a new one by default. It must
+        hold every cell's stored entries (at most ``max_genes``) plus its special tokens: the tokens are written there
+        first and then moved together, so the returned ids are its first ``offsets[-1]`` entries.
     divide
         The reference read these cells as a dense array (true division), not as a sparse matrix.
 
