@@ -3,12 +3,14 @@ prediction throughput, fp32 CPU.
 
 Data: Norman 2019 CRISPRa cells of ``norman2019_perturbench_subset.h5ad`` (500 genes; ``--cells-per-condition`` per
 condition). scfmkit: ``ScGPTPredictor`` with seeded random weights of the chosen size (``--nlayers`` etc.; the
-released model is 12 x 512 with 8 heads), no validation part, ``--epochs`` epochs of batch 64. The reference runs when
-SCFMKIT_REFERENCE_SCGPT (a bowang-lab/scGPT checkout) and SCFMKIT_REFERENCE_PYTHON (an environment where its
+released model is 12 x 512 with 8 heads), no validation part, ``--epochs`` epochs of batch 64. The reference runs
+when SCFMKIT_REFERENCE_SCGPT (a bowang-lab/scGPT checkout) and SCFMKIT_REFERENCE_PYTHON (an environment where its
 ``scgpt.model.generation_model`` imports) are set: ``_scgpt_generator_reference.py`` in a subprocess, in the same
 run, on the same number of (control input, perturbed target) pairs over the same 500 genes, from the same initial
-weights. The sides alternate for ``--rounds`` rounds (ours, reference, ours, ...); each round's ratio and their
-median are recorded. Peak RSS of both processes is recorded.
+weights; prediction: the same control cells (the predictor's pool) under each test condition's flags through the
+reference ``pred_perturb`` (``include_zero_gene="all"``, ``torch.no_grad``, as the tutorial's ``eval_perturb``)
+after the first round's training. The sides alternate for ``--rounds`` rounds (ours, reference, ours, ...); each
+round's ratio and their median are recorded. Peak RSS of both processes is recorded.
 
 Run with ``nox -s bench`` or ``python benchmarks/bench_scgpt_generator.py --out out/bench``.
 """
@@ -40,6 +42,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--d-hid", type=int, default=64, help="the released model has 512")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the two sides (median ratio)")
+    p.add_argument("--n-pool", type=int, default=100, help="control cells predicted per test condition")
     return p.parse_args()
 
 
@@ -90,7 +93,7 @@ def main() -> None:
             epochs=epochs,
             batch_size=args.batch_size,
             validation_fraction=0.0,
-            n_pool=100,
+            n_pool=args.n_pool,
             rng=0,
             device="cpu",
         ).fit(pb, train, cells=cells)
@@ -119,8 +122,8 @@ def main() -> None:
         impl="scfmkit",
         **common,
         n_conditions=len(test),
-        n_pool=100,
-        cells_per_s=round(len(test) * 100 / pred_s, 2),
+        n_pool=args.n_pool,
+        cells_per_s=round(len(test) * pred.pool.shape[0] / pred_s, 2),
         seconds=round(pred_s, 2),
     )
 
@@ -141,6 +144,13 @@ def main() -> None:
         for g in c.split("+"):
             if g in pos:
                 flags[r, pos[g]] = 1
+    # prediction: the same control cells (our predictor's pool) under each test condition's flags
+    pool = np.asarray(pred.pool, dtype=np.float32)
+    pred_flags = np.zeros((len(test), X.shape[1]), dtype=np.int64)
+    for r, c in enumerate(test):
+        for gname in c.split("+"):
+            if gname in pos:
+                pred_flags[r, pos[gname]] = 1
     gen, vocab, _, _ = load_scgpt_generator(model_dir, weights="random", seed=0, overrides=sizes)
     torch.save(state_dict_in_naming(gen, "in_proj"), work / "state.pt")
     gene_ids = np.array([vocab.get(g, vocab["<pad>"]) for g in cells.var_names], dtype=np.int64)
@@ -149,6 +159,8 @@ def main() -> None:
         inputs=X[inp],
         targets=X[tgt],
         flags=flags,
+        pred_inputs=pool,
+        pred_flags=pred_flags,
         gene_ids=gene_ids,
         ntoken=len(vocab),
         pad_id=vocab["<pad>"],
@@ -165,7 +177,7 @@ def main() -> None:
     for r in range(args.rounds):
         if r:
             _, log = fit_ours(r)
-        wall, rss, stdout = run_measured(cmd)
+        wall, rss, stdout = run_measured(cmd + (["--predict"] if r == 0 else []))
         out = json.loads(stdout.strip().splitlines()[-1])
         ref_cps = [out["n_pairs"] / s for s in out["epoch_seconds"]]
         rec.record(
@@ -179,6 +191,18 @@ def main() -> None:
             cells_per_s=[round(c, 2) for c in ref_cps],
             peak_rss_gib=round(rss, 2),
         )
+        if r == 0:
+            ref_pred_cps = out["n_predicted"] / out["predict_seconds"]
+            rec.record(
+                "predict",
+                impl="reference",
+                **common,
+                n_conditions=len(test),
+                n_pool=int(pool.shape[0]),
+                cells_per_s=round(ref_pred_cps, 2),
+                seconds=round(out["predict_seconds"], 2),
+            )
+            rec.record("predict_ratio", **common, speedup=round(len(test) * pool.shape[0] / pred_s / ref_pred_cps, 2))
         ratios.append([o / c for o, c in zip(log["cells_per_second"], ref_cps, strict=True)])
         rec.record("finetune_ratio", round=r, **common, speedup_per_epoch=[round(x, 2) for x in ratios[-1]])
     rec.record(

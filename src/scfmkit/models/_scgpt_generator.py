@@ -129,11 +129,24 @@ class ScGPTGenerator(nn.Module):
             ``(batch,)`` real tokens per row when rows are right-padded (``None``: nothing is padded, as the
             reference's ``include_zero_gene="all"`` path whose padding mask is all False).
         """
-        x = self.encoder(tokens) + self.value_encoder(values) + self.pert_encoder(pert_flags)
+        x = _per_unique(self.encoder, tokens) + _per_unique(self.value_encoder, values) + self.pert_encoder(pert_flags)
         mask = None if lengths is None else ScGPTEncoder.attention_mask(lengths, tokens.shape[1])
         for layer in self.transformer_encoder.layers:
             x = layer(x, mask)
         return self.decoder(x, values)
+
+
+def _per_unique(encode, x: torch.Tensor) -> torch.Tensor:
+    """``encode(x)`` for a token-wise ``encode`` (each output row a function of its own input element only).
+
+    The gene encoder (embedding + LayerNorm) and the value encoder (clamp, Linear-ReLU-Linear, LayerNorm) map each
+    token on its own, and a batch holds few distinct inputs (the same genes in every row, ~96% zero values), so they
+    run once per distinct input and the rows are gathered back: the same forward values, and, through the gather's
+    backward (a sum of the gradients of the tokens sharing an input), the same parameter gradients as running them
+    on every token (``tests/models/test_scgpt_generator.py`` checks both against the full computation).
+    """
+    u, inv = torch.unique(x, return_inverse=True)
+    return F.embedding(inv, encode(u))
 
 
 def masked_mse_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
