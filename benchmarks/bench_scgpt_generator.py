@@ -122,7 +122,7 @@ def main() -> None:
         impl="scfmkit",
         **common,
         n_conditions=len(test),
-        n_pool=args.n_pool,
+        n_pool=int(pred.pool.shape[0]),
         cells_per_s=round(len(test) * pred.pool.shape[0] / pred_s, 2),
         seconds=round(pred_s, 2),
     )
