@@ -190,17 +190,23 @@ def run_tasks(tasks: Sequence[Any], *, desc: str = "blocks") -> list[Any]:
 
     futures = client.compute(list(tasks))
     index = {f.key: i for i, f in enumerate(futures)}
-    results: list[Any] = [None] * len(futures)
+    n = len(futures)
+    results: list[Any] = [None] * n
     first_error: BaseException | None = None
     done = 0
-    for fut in as_completed(futures):
+    pending = as_completed(futures)
+    del futures  # each future is released once its result is here: a worker keeps a task (its spec included,
+    # e.g. the block's obs) as long as a future holds it, so holding all of them grew the workers' RSS per block
+    for fut in pending:
         done += 1
         if fut.status == "error":
             first_error = first_error or fut.exception()
             logger.warning("%s: task %d failed (%s)", desc, index[fut.key], fut.exception())
-            continue
-        results[index[fut.key]] = fut.result()
-        logger.info("%s: %d/%d done", desc, done, len(futures))
+        else:
+            results[index[fut.key]] = fut.result()
+            logger.info("%s: %d/%d done", desc, done, n)
+        fut.release()
+        del fut
     if first_error is not None:
         raise first_error
     return results
