@@ -31,6 +31,7 @@ __all__ = [
     "ClassificationHead",
     "PerformerConfig",
     "ScBertLM",
+    "favor_attention",
     "gaussian_orthogonal_random_matrix",
     "linear_attention",
     "softmax_kernel",
@@ -179,7 +180,74 @@ def gaussian_orthogonal_random_matrix(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-_MAX_FEATURES = 1 << 26  # random-feature entries per attention call (256 MiB in float32) before cells go one by one
+_CHUNK = 512  # positions per block of the fused attention (10 heads x 512 x 266 features: ~5 MiB, cache-sized)
+
+
+def favor_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    projection: torch.Tensor,
+    *,
+    eps: float = 1e-4,
+    chunk: int = _CHUNK,
+) -> torch.Tensor:
+    """FAVOR+ attention (``softmax_kernel`` features, then ``linear_attention``) fused blockwise, for inference.
+
+    ``q, k, v`` are ``(b, h, n, d)`` (any strides), ``projection`` is ``(m, d)``; returns ``(b, n, h, d)``
+    (the layout ``to_out`` reads, no copy). The numbers are the reference's up to float rounding; what changes is
+    that no random-feature tensor of the full length is ever stored: positions go in blocks of ``chunk``, and each
+    block's features are made and consumed while in cache.
+
+    - Keys: block by block, ``D = k W^T / d^1/4`` (one matmul), ``exp(D - |k|^2 / (2 d^1/2) - M)`` and
+      ``ctx += features^T [v, 1]`` (one matmul: the context and the normaliser's key sum together). ``M`` is the
+      running maximum of ``D`` over the cell's heads, positions and features; when a block raises it the sums so far
+      are rescaled by ``exp(M_old - M_new)``, so at the end they are the sums with the reference's stabiliser (the
+      global maximum) exactly in real arithmetic. The ``+ eps`` of every key feature is added at the end as
+      ``eps * sum_n [v, 1]``.
+    - Queries: block by block, the features with the per-position maximum, then one matmul with ``[ctx | k_sum]``
+      gives numerator and normaliser; the ``+ eps`` of every query feature is added as ``eps * sum_m [ctx | k_sum]``.
+    - ``exp(x)`` is computed as ``exp2(x log2 e)`` with ``log2 e`` folded into the projection and the diagonal term.
+    """
+    b, h, n, d = q.shape
+    m = projection.shape[0]
+    log2e = math.log2(math.e)
+    proj_t = (projection.to(q.dtype) * (d**-0.25 * log2e)).t().contiguous()  # (d, m)
+    diag_scale = d**-0.5 / 2.0 * log2e
+    out = torch.empty(b, n, h, d, dtype=q.dtype, device=q.device)
+    chunk = min(chunk, n)
+    feats = torch.empty(h, chunk, m, dtype=q.dtype, device=q.device)
+    v_one = torch.empty(h, chunk, d + 1, dtype=q.dtype, device=q.device)
+    v_one[..., d] = 1.0
+    for i in range(b):
+        ctx = torch.zeros(h, m, d + 1, dtype=q.dtype, device=q.device)
+        v_sum = torch.zeros(h, 1, d + 1, dtype=q.dtype, device=q.device)
+        run_max = -math.inf
+        for s in range(0, n, chunk):
+            c = min(chunk, n - s)
+            kc, f = k[i, :, s : s + c], feats[:, :c]
+            torch.matmul(kc, proj_t, out=f)
+            block_max = float(f.max())
+            if block_max > run_max:
+                if run_max > -math.inf:
+                    ctx.mul_(2.0 ** (run_max - block_max))
+                run_max = block_max
+            shift = (kc * kc).sum(-1, keepdim=True).mul_(diag_scale).add_(run_max)
+            torch.exp2(f.sub_(shift), out=f)
+            v_one[:, :c, :d] = v[i, :, s : s + c]
+            ctx.baddbmm_(f.transpose(1, 2), v_one[:, :c])
+            v_sum += v_one[:, :c].sum(1, keepdim=True)
+        ctx.add_(v_sum, alpha=eps)
+        q_eps = ctx.sum(1, keepdim=True).mul_(eps)
+        for s in range(0, n, chunk):
+            c = min(chunk, n - s)
+            qc, f = q[i, :, s : s + c], feats[:, :c]
+            torch.matmul(qc, proj_t, out=f)
+            shift = (qc * qc).sum(-1, keepdim=True).mul_(diag_scale).add_(f.amax(-1, keepdim=True))
+            torch.exp2(f.sub_(shift), out=f)
+            num = torch.baddbmm(q_eps, f, ctx)  # (h, c, d + 1): numerator and normaliser
+            torch.div(num[..., :d], num[..., d:], out=out[i, s : s + c].transpose(0, 1))
+    return out
 
 
 class FastAttention(nn.Module):
@@ -188,13 +256,12 @@ class FastAttention(nn.Module):
         self.register_buffer("projection_matrix", torch.zeros(nb_features, dim_head))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        b, h, n, _ = q.shape
-        if b > 1 and b * h * n * self.projection_matrix.shape[0] > _MAX_FEATURES:
-            # one cell at a time bounds the random-feature tensors' memory; each cell's numbers are unchanged
-            return torch.cat([self(q[i : i + 1], k[i : i + 1], v[i : i + 1]) for i in range(b)])
+        """Attention of ``(b, h, n, d)`` inputs, returned as ``(b, n, h, d)``."""
+        if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+            return favor_attention(q, k, v, self.projection_matrix)
         q = softmax_kernel(q, self.projection_matrix, is_query=True, scaled=False)
         k = softmax_kernel(k, self.projection_matrix, is_query=False, scaled=False)
-        return linear_attention(q, k, v)
+        return linear_attention(q, k, v).transpose(1, 2)
 
 
 class SelfAttention(nn.Module):
@@ -215,8 +282,8 @@ class SelfAttention(nn.Module):
         bias = None if self.to_q.bias is None else torch.cat([self.to_q.bias, self.to_k.bias, self.to_v.bias])
         qkv = nn.functional.linear(x, weight, bias).view(b, n, 3, self.heads, -1)
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
-        out = self.fast_attention(q, k, v)
-        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+        out = self.fast_attention(q, k, v)  # (b, n, h, d)
+        return self.to_out(out.reshape(b, n, -1))
 
 
 class FeedForward(nn.Module):
