@@ -8,8 +8,8 @@ Both sides run in a subprocess each, in the same run, so that cells/s and peak R
 reference side runs when SCFMKIT_REFERENCE_SCBERT (the ``TencentAILabHealthcare/scBERT`` checkout, the folder with
 ``performer_pytorch/``) and SCFMKIT_REFERENCE_PYTHON (an environment with torch, einops, local-attention, scanpy) are
 set, through ``_scbert_reference.py``: ``predict.py``'s loop, one cell at a time. scfmkit runs with ``--batch-size``
-cells per forward pass (default 1, like the reference; attention runs one cell at a time above 2**26 random-feature
-entries either way). Reported
+cells per forward pass (default 1, like the reference; the fused inference path attends one cell at a time, 512
+positions a block, whatever the batch). Reported
 per side: embedding seconds and cells/s (the reference's preprocessing and both loads timed apart; scfmkit's
 ``embed_cells`` bins the cells itself, so its seconds include that, and ``forward_cells_per_s`` leaves out the time
 of a separate ``tokenize`` of the same cells), peak RSS of the process; for

@@ -12,10 +12,13 @@ Differences from the reference, none of which changes a number at batch size 1 (
   cells share a batch. Here a cell's embedding never depends on its batch.
 - projection matrices are never redrawn (the reference redraws them every 1000 training calls); they are the
   checkpoint's, as in the reference's evaluation mode.
-- the kernels work in place (no temporaries of the random-feature size; out of place while autograd records, for
-  fine-tuning), skip the ``repeat`` of the projection
-  and the constant ``m^-1/2`` of the features (it cancels in linear attention): the same numbers up to float
-  rounding, with less memory and time.
+- inference (eval mode, no autograd, no autocast) runs each block fused, 512 positions at a time
+  (:func:`_fused_layer`, :func:`favor_attention`): LayerNorm, q/k/v, the random features, the attention output,
+  ``to_out`` and the feed-forward of a block are made and consumed while in cache, with the context and the
+  normaliser's key sum in one matmul, the key stabiliser kept as a running maximum (sums rescaled when it rises) and
+  ``exp`` as ``exp2`` with ``log2 e`` folded into the projection. Training and autocast use the module-by-module
+  path (``softmax_kernel``, ``linear_attention``: in place where autograd allows, without the ``repeat`` of the
+  projection or the constant ``m^-1/2``, which cancels). Both give the reference's numbers up to float rounding.
 """
 
 from __future__ import annotations
