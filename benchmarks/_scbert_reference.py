@@ -94,7 +94,16 @@ def main() -> None:
             out.append(enc[0, :-1].mean(0).numpy())
     t3 = time.perf_counter()
     np.save(a.out, np.stack(out))
-    print(json.dumps({"preprocess_seconds": t1 - t0, "load_seconds": t2 - t1, "embed_seconds": t3 - t2}))
+    print(
+        json.dumps(
+            {
+                "preprocess_seconds": t1 - t0,
+                "load_seconds": t2 - t1,
+                "embed_seconds": t3 - t2,
+                "torch_threads": torch.get_num_threads(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

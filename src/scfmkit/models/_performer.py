@@ -12,10 +12,13 @@ Differences from the reference, none of which changes a number at batch size 1 (
   cells share a batch. Here a cell's embedding never depends on its batch.
 - projection matrices are never redrawn (the reference redraws them every 1000 training calls); they are the
   checkpoint's, as in the reference's evaluation mode.
-- the kernels work in place (no temporaries of the random-feature size; out of place while autograd records, for
-  fine-tuning), skip the ``repeat`` of the projection
-  and the constant ``m^-1/2`` of the features (it cancels in linear attention): the same numbers up to float
-  rounding, with less memory and time.
+- inference (eval mode, no autograd, no autocast) runs each block fused, 512 positions at a time
+  (:func:`_fused_layer`, :func:`favor_attention`): LayerNorm, q/k/v, the random features, the attention output,
+  ``to_out`` and the feed-forward of a block are made and consumed while in cache, with the context and the
+  normaliser's key sum in one matmul, the key stabiliser kept as a running maximum (sums rescaled when it rises) and
+  ``exp`` as ``exp2`` with ``log2 e`` folded into the projection. Training and autocast use the module-by-module
+  path (``softmax_kernel``, ``linear_attention``: in place where autograd allows, without the ``repeat`` of the
+  projection or the constant ``m^-1/2``, which cancels). Both give the reference's numbers up to float rounding.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ __all__ = [
     "ClassificationHead",
     "PerformerConfig",
     "ScBertLM",
+    "favor_attention",
     "gaussian_orthogonal_random_matrix",
     "linear_attention",
     "softmax_kernel",
@@ -179,7 +183,137 @@ def gaussian_orthogonal_random_matrix(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-_MAX_FEATURES = 1 << 26  # random-feature entries per attention call (256 MiB in float32) before cells go one by one
+_CHUNK = 512  # positions per block of the fused attention (10 heads x 512 x 266 features: ~5 MiB, cache-sized)
+
+
+class _FavorCell:
+    """One cell's FAVOR+ attention, fed block by block (see :func:`favor_attention` for what it computes)."""
+
+    def __init__(self, projection: torch.Tensor, heads: int, chunk: int, dtype: torch.dtype, device) -> None:
+        m, d = projection.shape
+        log2e = math.log2(math.e)
+        self.d, self.eps = d, 1e-4
+        self.proj_t = (projection.to(dtype) * (d**-0.25 * log2e)).t().contiguous()  # (d, m), exp -> exp2
+        self.diag_scale = d**-0.5 / 2.0 * log2e
+        self.feats = torch.empty(heads, chunk, m, dtype=dtype, device=device)
+        self.v_one = torch.empty(heads, chunk, d + 1, dtype=dtype, device=device)
+        self.v_one[..., d] = 1.0
+        self.ctx = torch.empty(heads, m, d + 1, dtype=dtype, device=device)
+        self.v_sum = torch.empty(heads, 1, d + 1, dtype=dtype, device=device)
+
+    def start(self) -> None:
+        self.ctx.zero_()
+        self.v_sum.zero_()
+        self.run_max = -math.inf
+
+    def add_keys(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Add a block of keys and values (``h, c, d``, any strides) to the context."""
+        c, d = k.shape[1], self.d
+        f = torch.matmul(k, self.proj_t, out=self.feats[:, :c])
+        block_max = float(f.max())
+        if block_max > self.run_max:
+            if self.run_max > -math.inf:
+                self.ctx.mul_(2.0 ** (self.run_max - block_max))
+            self.run_max = block_max
+        shift = (k * k).sum(-1, keepdim=True).mul_(self.diag_scale).add_(self.run_max)
+        torch.exp2(f.sub_(shift), out=f)
+        v_one = self.v_one[:, :c]
+        v_one[..., :d] = v
+        self.ctx.baddbmm_(f.transpose(1, 2), v_one)
+        self.v_sum += v_one.sum(1, keepdim=True)
+
+    def finish_keys(self) -> None:
+        self.ctx.add_(self.v_sum, alpha=self.eps)  # the + eps of every key feature
+        self.q_eps = self.ctx.sum(1, keepdim=True).mul_(self.eps)  # ... and of every query feature
+
+    def attend(self, q: torch.Tensor, out: torch.Tensor) -> None:
+        """Attention of a block of queries (``h, c, d``) into ``out`` (``h, c, d``, any strides)."""
+        c, d = q.shape[1], self.d
+        f = torch.matmul(q, self.proj_t, out=self.feats[:, :c])
+        shift = (q * q).sum(-1, keepdim=True).mul_(self.diag_scale).add_(f.amax(-1, keepdim=True))
+        torch.exp2(f.sub_(shift), out=f)
+        num = torch.baddbmm(self.q_eps, f, self.ctx)  # (h, c, d + 1): numerator and normaliser
+        torch.div(num[..., :d], num[..., d:], out=out)
+
+
+def favor_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor, *, chunk: int = _CHUNK
+) -> torch.Tensor:
+    """FAVOR+ attention (``softmax_kernel`` features, then ``linear_attention``) fused blockwise, for inference.
+
+    ``q, k, v`` are ``(b, h, n, d)`` (any strides), ``projection`` is ``(m, d)``; returns ``(b, n, h, d)``
+    (the layout ``to_out`` reads, no copy). The numbers are the reference's up to float rounding; what changes is
+    that no random-feature tensor of the full length is ever stored: positions go in blocks of ``chunk``, and each
+    block's features are made and consumed while in cache.
+
+    - Keys: block by block, ``D = k W^T / d^1/4`` (one matmul), ``exp(D - |k|^2 / (2 d^1/2) - M)`` and
+      ``ctx += features^T [v, 1]`` (one matmul: the context and the normaliser's key sum together). ``M`` is the
+      running maximum of ``D`` over the cell's heads, positions and features; when a block raises it the sums so far
+      are rescaled by ``exp(M_old - M_new)``, so at the end they are the sums with the reference's stabiliser (the
+      global maximum) exactly in real arithmetic. The ``+ eps`` of every key feature is added at the end as
+      ``eps * sum_n [v, 1]``.
+    - Queries: block by block, the features with the per-position maximum, then one matmul with ``[ctx | k_sum]``
+      gives numerator and normaliser; the ``+ eps`` of every query feature is added as ``eps * sum_m [ctx | k_sum]``.
+    - ``exp(x)`` is computed as ``exp2(x log2 e)`` with ``log2 e`` folded into the projection and the diagonal term.
+    """
+    b, h, n, d = q.shape
+    chunk = min(chunk, n)
+    out = torch.empty(b, n, h, d, dtype=q.dtype, device=q.device)
+    cell = _FavorCell(projection, h, chunk, q.dtype, q.device)
+    for i in range(b):
+        cell.start()
+        for s in range(0, n, chunk):
+            cell.add_keys(k[i, :, s : s + chunk], v[i, :, s : s + chunk])
+        cell.finish_keys()
+        for s in range(0, n, chunk):
+            cell.attend(q[i, :, s : s + chunk], out[i, s : s + chunk].transpose(0, 1))
+    return out
+
+
+def _fused_layer(x: torch.Tensor, attn: PreLayerNorm, ff: PreLayerNorm, chunk: int = _CHUNK) -> None:
+    """One Performer block in place on ``x`` (``b, n, dim``, contiguous), for inference, ``chunk`` positions at a time.
+
+    ``x += to_out(attention(LN1(x)))``, then ``x += w2(gelu(w1(LN2(x))))``: the reference's block, with every
+    intermediate (normalised rows, q/k/v, features, attention output, the 4x feed-forward hidden layer) made and
+    consumed one block of positions at a time, so none of them is stored at full length except the queries (which
+    wait for the keys' context). The feed-forward of a block runs right after its attention output, both being
+    position-wise.
+    """
+    b, n, dim = x.shape
+    sa, fw = attn.fn, ff.fn.fn
+    h, inner = sa.heads, sa.to_q.weight.shape[0]
+    d = inner // h
+    chunk = min(chunk, n)
+    wq_t = sa.to_q.weight.t()
+    wkv_t = torch.cat([sa.to_k.weight, sa.to_v.weight]).t()
+    bq = sa.to_q.bias
+    bkv = None if sa.to_k.bias is None else torch.cat([sa.to_k.bias, sa.to_v.bias])
+    n1, n2 = attn.norm, ff.norm
+    cell = _FavorCell(sa.fast_attention.projection_matrix, h, chunk, x.dtype, x.device)
+    queries = torch.empty(n, inner, dtype=x.dtype, device=x.device)
+    kv = torch.empty(chunk, 2 * inner, dtype=x.dtype, device=x.device)
+    heads_out = torch.empty(chunk, inner, dtype=x.dtype, device=x.device)
+    gelu = fw.act.approximate
+    for i in range(b):
+        cell.start()
+        for s in range(0, n, chunk):
+            c = min(chunk, n - s)
+            xn = nn.functional.layer_norm(x[i, s : s + c], (dim,), n1.weight, n1.bias, n1.eps)
+            qb, kvb = queries[s : s + c], kv[:c]
+            torch.mm(xn, wq_t, out=qb) if bq is None else torch.addmm(bq, xn, wq_t, out=qb)
+            torch.mm(xn, wkv_t, out=kvb) if bkv is None else torch.addmm(bkv, xn, wkv_t, out=kvb)
+            kvb = kvb.view(c, 2, h, d)
+            cell.add_keys(kvb[:, 0].transpose(0, 1), kvb[:, 1].transpose(0, 1))
+        cell.finish_keys()
+        for s in range(0, n, chunk):
+            c = min(chunk, n - s)
+            ob = heads_out[:c]
+            cell.attend(queries[s : s + c].view(c, h, d).transpose(0, 1), ob.view(c, h, d).transpose(0, 1))
+            xb = x[i, s : s + c]
+            xb += torch.addmm(sa.to_out.bias, ob, sa.to_out.weight.t())
+            xn = nn.functional.layer_norm(xb, (dim,), n2.weight, n2.bias, n2.eps)
+            hidden = nn.functional.gelu(torch.addmm(fw.w1.bias, xn, fw.w1.weight.t()), approximate=gelu)
+            xb += torch.addmm(fw.w2.bias, hidden, fw.w2.weight.t())
 
 
 class FastAttention(nn.Module):
@@ -188,13 +322,12 @@ class FastAttention(nn.Module):
         self.register_buffer("projection_matrix", torch.zeros(nb_features, dim_head))
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        b, h, n, _ = q.shape
-        if b > 1 and b * h * n * self.projection_matrix.shape[0] > _MAX_FEATURES:
-            # one cell at a time bounds the random-feature tensors' memory; each cell's numbers are unchanged
-            return torch.cat([self(q[i : i + 1], k[i : i + 1], v[i : i + 1]) for i in range(b)])
+        """Attention of ``(b, h, n, d)`` inputs, returned as ``(b, n, h, d)``."""
+        if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+            return favor_attention(q, k, v, self.projection_matrix)
         q = softmax_kernel(q, self.projection_matrix, is_query=True, scaled=False)
         k = softmax_kernel(k, self.projection_matrix, is_query=False, scaled=False)
-        return linear_attention(q, k, v)
+        return linear_attention(q, k, v).transpose(1, 2)
 
 
 class SelfAttention(nn.Module):
@@ -215,8 +348,8 @@ class SelfAttention(nn.Module):
         bias = None if self.to_q.bias is None else torch.cat([self.to_q.bias, self.to_k.bias, self.to_v.bias])
         qkv = nn.functional.linear(x, weight, bias).view(b, n, 3, self.heads, -1)
         q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
-        out = self.fast_attention(q, k, v)
-        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+        out = self.fast_attention(q, k, v)  # (b, n, h, d)
+        return self.to_out(out.reshape(b, n, -1))
 
 
 class FeedForward(nn.Module):
@@ -251,12 +384,29 @@ class PreLayerNorm(nn.Module):
         return self.fn(self.norm(x))
 
 
+def _can_fuse(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the blockwise inference path applies: eval mode, no autograd, no autocast, x in the weights' dtype."""
+    if module.training or x.dtype != next(module.parameters()).dtype:
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in module.parameters())):
+        return False
+    return not torch.is_autocast_enabled(x.device.type)
+
+
 class SequentialSequence(nn.Module):
     def __init__(self, layers: nn.ModuleList) -> None:
         super().__init__()
         self.layers = layers
 
     def forward(self, x: torch.Tensor, *, return_layers: tuple[int, ...] = ()) -> tuple[torch.Tensor, list]:
+        if _can_fuse(self, x):
+            x = x.contiguous().clone()  # updated in place, block by block
+            kept = [x.clone()] if 0 in return_layers else []
+            for i, (attn, ff) in enumerate(self.layers, start=1):
+                _fused_layer(x, attn, ff)
+                if i in return_layers:
+                    kept.append(x.clone())
+            return x, kept
         kept = [x] if 0 in return_layers else []
         for i, (attn, ff) in enumerate(self.layers, start=1):
             x = x + attn(x)
