@@ -424,3 +424,16 @@ def test_align_genes_records_coverage(v1, small):
     out = fm.pp.align_genes(small, v1, copy=True)
     assert out.var["geneformer_token"].dtype.kind == "i"
     assert out.uns["geneformer_genes"]["n_vars_matched"] == int((out.var["geneformer_token"] >= 0).sum())
+
+
+@pytest.mark.parametrize("value", [-1.0, 0.5, np.inf, np.nan])
+@pytest.mark.parametrize("dense", [False, True])
+def test_one_bad_value_in_a_gene_without_token_refused(v1, small, value, dense):
+    """The ranking kernel's value check sees every stored value, also of genes the model lacks."""
+    s = small.copy()
+    X = s.X.toarray().astype(np.float64)
+    X[-1, 0] = value  # the last cell, in a gene the model does not know
+    s.var_names = ["NOTAGENE" if i == 0 else g for i, g in enumerate(s.var_names)]
+    s.X = X if dense else sparse.csr_matrix(X)
+    with pytest.raises(ValueError, match=r"adata\.X"):
+        fm.pp.tokenize(s, v1, chunk_size=7)

@@ -31,6 +31,7 @@ keeps entry (column) order among equal digits, and runs of equal sorted bits (ra
 from __future__ import annotations
 
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -46,9 +47,11 @@ def _value(x, r, scale, m, divide):
 
 
 def run_threaded(kernel, indptr: np.ndarray, *args) -> None:
-    """Call ``kernel(first, stop, indptr, *args)`` on cell ranges of about equal stored entries, one per thread.
+    """Call ``kernel(first, stop, indptr, *args)`` on cell ranges of about equal stored entries, on several threads.
 
-    Threads: the CPUs this process may use, at most ``numba.get_num_threads()`` (``NUMBA_NUM_THREADS``).
+    Threads: the CPUs this process may use, at most ``numba.get_num_threads()`` (``NUMBA_NUM_THREADS``). The cells
+    are cut into a few ranges per thread that the threads take in turn (the calling thread too), so that a thread
+    slowed down by the machine's other work does not leave the others waiting at the end.
     """
     n_cells = len(indptr) - 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -56,13 +59,23 @@ def run_threaded(kernel, indptr: np.ndarray, *args) -> None:
     if n_threads == 1:
         kernel(0, n_cells, indptr, *args)
         return
-    bounds = np.searchsorted(indptr, np.linspace(0, indptr[-1], n_threads + 1)[1:-1]).tolist()
-    ranges = zip([0, *bounds], [*bounds, n_cells], strict=True)
-    (first, stop), *rest = ranges
-    # a pool per call (no thread outlives it: safe to fork after); the calling thread runs the first range itself
+    n_ranges = min(4 * n_threads, max(n_cells // 64, n_threads))
+    bounds = np.searchsorted(indptr, np.linspace(0, indptr[-1], n_ranges + 1)[1:-1]).tolist()
+    ranges = iter(zip([0, *bounds], [*bounds, n_cells], strict=True))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            with lock:
+                r = next(ranges, None)
+            if r is None:
+                return
+            kernel(r[0], r[1], indptr, *args)
+
+    # a pool per call (no thread outlives it: safe to fork after); the calling thread works too
     with ThreadPoolExecutor(n_threads - 1) as pool:
-        futures = [pool.submit(kernel, a, b, indptr, *args) for a, b in rest]
-        kernel(first, stop, indptr, *args)
+        futures = [pool.submit(work) for _ in range(n_threads - 1)]
+        work()
         for future in futures:
             future.result()
 
@@ -96,12 +109,14 @@ def rank(
     kept,
     matched,
     tied,
+    suspect,
 ):
     """Cells ``first..stop-1``: token ids by descending value at ``out[bound[i] + head:]``.
 
     ``tok_var``/``gene_var``: token id (-1: none) and median term of each column. Sets ``kept`` (entries ranked),
-    ``matched`` (their summed counts) and ``tied`` (equal values of different tokens: the caller orders the cell with
-    numpy's argsort). Equal values are put in column order.
+    ``matched`` (their summed counts), ``tied`` (equal values of different tokens: the caller orders the cell with
+    numpy's argsort) and ``suspect`` (a stored value, with or without a token, that is negative, not finite or not an
+    integer: not raw counts, so the caller checks the values and raises). Equal values are put in column order.
     """
     # scratch buffers for the longest cell of the range, allocated once (not per cell); one spare entry, as the
     # branch-free gather writes every entry and advances only past those with a token
@@ -121,10 +136,13 @@ def rank(
         total = 0.0
         fmin = np.uint64(0xFFFFFFFFFFFFFFFF)
         fmax = np.uint64(0)
+        odd = False
         for p in range(indptr[i], indptr[i + 1]):
             j = indices[p]
             t = tok_var[j]
             x = data[p]
+            v = np.float64(x)
+            odd |= (v < 0) | (v != np.floor(v)) | ((v - v) != 0)  # negative, fractional, NaN or infinite
             vals[k] = _value(x, r, scale, gene_var[j], divide)
             f = ~full[k]  # descending value = ascending key
             full[k] = f
@@ -139,6 +157,7 @@ def rank(
         kept[i] = size
         matched[i] = total
         tied[i] = 0
+        suspect[i] = odd
         if size == 0:
             continue
         # word = (key - smallest) >> s, then the entry number in the low ib bits

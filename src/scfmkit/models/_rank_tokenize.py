@@ -44,6 +44,7 @@ def rank_value_tokenize_counts(
     column: np.ndarray | None = None,
     out: np.ndarray | None = None,
     divide: bool = False,
+    suspect: np.ndarray | None = None,
 ) -> tuple[TokenizedCells, np.ndarray, np.ndarray]:
     """Rank-value encode cells; also return each cell's number of ranked genes and its matched counts.
 
@@ -88,6 +89,10 @@ def rank_value_tokenize_counts(
         first and then moved together, so the returned ids are its first ``offsets[-1]`` entries.
     divide
         The reference read these cells as a dense array (true division), not as a sparse matrix.
+    suspect
+        A boolean array of one entry per cell, set where a stored value (of any column) is negative, not finite or
+        not an integer, so that a caller can check raw counts in the same pass (the tokens of such cells are
+        meaningless).
 
     Returns
     -------
@@ -138,8 +143,24 @@ def rank_value_tokenize_counts(
     kept = np.empty(n, np.int64)
     matched = np.empty(n, np.float64)
     tied = np.zeros(n, np.uint8)
+    if suspect is None:
+        suspect = np.empty(n, np.bool_)
+    elif suspect.dtype != np.bool_ or suspect.shape != (n,):
+        msg = f"`suspect` must be a boolean array of {n} entries (one per cell), got {suspect.dtype} {suspect.shape}."
+        raise ValueError(msg)
     _rank_kernels.run_threaded(
-        _rank_kernels.rank, counts.indptr, *arrays, bool(divide), bound, head, max_genes, ids, kept, matched, tied
+        _rank_kernels.rank,
+        counts.indptr,
+        *arrays,
+        bool(divide),
+        bound,
+        head,
+        max_genes,
+        ids,
+        kept,
+        matched,
+        tied,
+        suspect,
     )
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(np.minimum(kept, max_genes) + head + tail, out=offsets[1:])

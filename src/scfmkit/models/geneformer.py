@@ -9,6 +9,7 @@ tool asks for it (:meth:`GeneformerModel.encoder` with ``mlm_head=True``, e.g. f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Iterator, Sequence
 from itertools import pairwise
@@ -241,19 +242,30 @@ class GeneformerModel(FoundationModel):
         max_genes = self.input_size - (2 if special else 0)
         written = 0
         backed = _BackedCSRReader.of(X)
+        deferred = input == "counts" and not summed  # the kernel reads every stored value of the chunk
+        suspect = np.empty(min(chunk_size, adata.n_obs), np.bool_) if deferred else None
         for start in range(0, adata.n_obs, chunk_size):
             rows = slice(start, min(start + chunk_size, adata.n_obs))
             chunk = backed.read(rows) if backed is not None else _row_block(X, rows)
-            _check_values(chunk, input=input, layer=layer, offset=start)
+            # raw counts are checked by the ranking kernel in its pass over the values (`suspect`); every error path
+            # before it checks them first, so bad values are reported as such whichever check fires first
+            check = functools.partial(_check_values, chunk, input=input, layer=layer, offset=start)
+            if not deferred:
+                check()
             if input == "lognorm":
                 chunk = chunk.copy()
                 chunk.data = np.expm1(chunk.data.astype(np.float64))
             row_total = np.asarray(chunk.sum(axis=1)).ravel()  # scipy keeps float32 sums float32, as the reference
             if row_total.dtype.kind in "iu":
-                _check_no_overflow(chunk, row_total, offset=start)
+                try:
+                    _check_no_overflow(chunk, row_total, offset=start)
+                except ValueError:
+                    check()
+                    raise
             n_counts = n_counts_obs[rows] if n_counts_obs is not None else row_total
             empty_total = np.flatnonzero(n_counts <= 0)
             if len(empty_total):
+                check()
                 names = list(adata.obs_names[start + empty_total[:5]])
                 what = "obs['n_counts']" if n_counts_obs is not None else "total counts"
                 msg = (
@@ -274,10 +286,14 @@ class GeneformerModel(FoundationModel):
                 column=column,
                 out=None if out is None else out[written:],
                 divide=dense,
+                suspect=suspect[: rows.stop - start] if deferred else None,
             )
+            if deferred and suspect[: rows.stop - start].any():
+                check()  # raises with the fix
             written += len(tokens.input_ids)
             empty = np.flatnonzero(kept == 0)
             if len(empty):
+                check()
                 names = list(adata.obs_names[start + empty[:5]])
                 msg = (
                     f"{len(empty)} cell(s) in rows {start}..{rows.stop - 1} have no counts in any gene that "
@@ -299,7 +315,11 @@ class GeneformerModel(FoundationModel):
         # one array for all cells' tokens, sized from the stored entries per cell, that the chunks are written into
         # (its unused end is never touched, so it costs no memory); else a copy of every chunk at the end
         special = 2 * self.vocab.special_tokens
-        nnz = _stored_per_row(get_matrix(adata, kwargs.get("layer")))
+        X = get_matrix(adata, kwargs.get("layer"))
+        nnz = _stored_per_row(X)
+        if "chunk_size" not in kwargs and isinstance(X, sparse.csr_matrix | sparse.csr_array):
+            # chunks of an in-memory CSR matrix are views (no copy): larger ones cost no memory, only fewer overheads
+            kwargs["chunk_size"] = IN_MEMORY_CHUNK
         out = None
         if nnz is not None:
             dtype = token_dtype(match.token_ids, self.vocab.token_dict.get("<cls>"), self.vocab.token_dict.get("<eos>"))
@@ -601,6 +621,9 @@ def _stored_per_row(X: Any) -> np.ndarray | None:
     if getattr(X, "format", None) == "csr" and hasattr(X, "group"):  # anndata's backed CSR dataset
         return np.diff(X.group["indptr"][:])
     return None
+
+
+IN_MEMORY_CHUNK = 16_384  # cells per chunk of an in-memory CSR matrix in :meth:`GeneformerModel.tokenize`
 
 
 class _BackedCSRReader:
