@@ -206,7 +206,6 @@ def run_tasks(tasks: Sequence[Any], *, desc: str = "blocks") -> list[Any]:
             results[index[fut.key]] = fut.result()
             logger.info("%s: %d/%d done", desc, done, n)
         fut.release()
-        del fut
     if first_error is not None:
         raise first_error
     return results

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from scfmkit.models._bert import random_hf_state_dict
-from scfmkit.models._bert_config import BertConfig, LazyRandomStateDict
+from scfmkit.models._bert import _ACT, random_hf_state_dict
+from scfmkit.models._bert_config import ACTIVATIONS, BertConfig, LazyRandomStateDict
 
 CFG = BertConfig(
     vocab_size=50,
@@ -26,3 +26,7 @@ def test_lazy_random_state_dict_equals_eager():
     for key, value in eager.items():
         torch.testing.assert_close(lazy[key], value, rtol=0, atol=0)
     assert dict(lazy.items()).keys() == eager.keys()
+
+
+def test_every_accepted_activation_has_a_function():
+    assert tuple(_ACT) == ACTIVATIONS

@@ -34,12 +34,13 @@ import numpy as np
 from scfmkit._utils import logger
 
 _MIN_ROWS = 64
-# sha256 (first 16 hex digits) of the scib-metrics modules whose code is mirrored here: scib-metrics 0.5.10, and
-# 0.6.1 (its `_kbet.py` adds a two-batch check to the public `kbet` only; `_kbet` and `_chi2_cdf` are unchanged);
-# with any other source the originals run unchanged (right, only slower)
+# sha256 (first 16 hex digits) of the scib-metrics modules whose code is mirrored here: scib-metrics 0.5.10, 0.5.7
+# (the lower bound; its `_kbet.py` differs in `kbet_per_label` only: `np.in1d` for `np.isin`) and 0.6.1 (its
+# `_kbet.py` adds a two-batch check to the public `kbet` only); `_kbet` and `_chi2_cdf` are the same in all three.
+# With any other source the originals run unchanged (right, only slower)
 _MIRRORED = {
     "scib_metrics.utils._kmeans": {"da39e6866e94f0a9"},
-    "scib_metrics.metrics._kbet": {"be0e9c31067063b3", "cfb3a8537a56589f"},
+    "scib_metrics.metrics._kbet": {"be0e9c31067063b3", "2409ae7471efd846", "cfb3a8537a56589f"},
     "scib_metrics.utils._silhouette": {"265c651035b9e4a8"},
 }
 

@@ -247,65 +247,68 @@ class GeneformerModel(FoundationModel):
         for start in range(0, adata.n_obs, chunk_size):
             rows = slice(start, min(start + chunk_size, adata.n_obs))
             chunk = backed.read(rows) if backed is not None else _row_block(X, rows)
-            # raw counts are checked by the ranking kernel in its pass over the values (`suspect`); every error path
-            # before it checks them first, so bad values are reported as such whichever check fires first
+            # raw counts are checked by the ranking kernel in its pass over the values (`suspect`); any error before
+            # or after it runs the full check first, so bad values are reported as such whichever check fires first
             check = functools.partial(_check_values, chunk, input=input, layer=layer, offset=start)
             if not deferred:
                 check()
-            if input == "lognorm":
-                chunk = chunk.copy()
-                chunk.data = np.expm1(chunk.data.astype(np.float64))
-            row_total = np.asarray(chunk.sum(axis=1)).ravel()  # scipy keeps float32 sums float32, as the reference
-            if row_total.dtype.kind in "iu":
-                try:
+            try:
+                if input == "lognorm":
+                    chunk = chunk.copy()
+                    chunk.data = np.expm1(chunk.data.astype(np.float64))
+                row_total = np.asarray(chunk.sum(axis=1)).ravel()  # scipy keeps float32 sums float32, as the reference
+                if row_total.dtype.kind in "iu":
                     _check_no_overflow(chunk, row_total, offset=start)
-                except ValueError:
+                n_counts = n_counts_obs[rows] if n_counts_obs is not None else row_total
+                empty_total = np.flatnonzero(n_counts <= 0)
+                if len(empty_total):
+                    names = list(adata.obs_names[start + empty_total[:5]])
+                    what = "obs['n_counts']" if n_counts_obs is not None else "total counts"
+                    msg = (
+                        f"{len(empty_total)} cell(s) have {what} <= 0 (rows {(start + empty_total[:5]).tolist()}, "
+                        f"e.g. {names}). Remove empty cells first, e.g. `sc.pp.filter_cells(adata, min_counts=1)`."
+                    )
+                    raise ValueError(msg)
+                # unless duplicated genes are summed the kernel reads the matched columns in place (no chunk copy)
+                counts, column = (match.gather(chunk), None) if summed else (chunk, match.column)
+                tokens, kept, matched = rank_value_tokenize_counts(
+                    counts,
+                    n_counts,
+                    self._medians(match),
+                    match.token_ids,
+                    max_genes=max_genes,
+                    cls_token=cls_id,
+                    eos_token=eos_id,
+                    column=column,
+                    out=None if out is None else out[written:],
+                    divide=dense,
+                    suspect=suspect[: rows.stop - start] if deferred else None,
+                )
+                if deferred and suspect[: rows.stop - start].any():
+                    check()  # raises with the fix
+                written += len(tokens.input_ids)
+                empty = np.flatnonzero(kept == 0)
+                if len(empty):
+                    names = list(adata.obs_names[start + empty[:5]])
+                    msg = (
+                        f"{len(empty)} cell(s) in rows {start}..{rows.stop - 1} have no counts in any gene that "
+                        f"{self.name} knows (e.g. {names}). Remove them first, e.g. keep cells with "
+                        "`fm.pp.align_genes` coverage > 0 or `sc.pp.filter_cells(adata, min_genes=...)`."
+                    )
+                    raise ValueError(msg)
+            except ValueError:
+                if deferred:
                     check()
-                    raise
-            n_counts = n_counts_obs[rows] if n_counts_obs is not None else row_total
-            empty_total = np.flatnonzero(n_counts <= 0)
-            if len(empty_total):
-                check()
-                names = list(adata.obs_names[start + empty_total[:5]])
-                what = "obs['n_counts']" if n_counts_obs is not None else "total counts"
-                msg = (
-                    f"{len(empty_total)} cell(s) have {what} <= 0 (rows {(start + empty_total[:5]).tolist()}, e.g. "
-                    f"{names}). Remove empty cells first, e.g. `sc.pp.filter_cells(adata, min_counts=1)`."
-                )
-                raise ValueError(msg)
-            # unless duplicated genes are summed the kernel reads the matched columns in place (no copy of the chunk)
-            counts, column = (match.gather(chunk), None) if summed else (chunk, match.column)
-            tokens, kept, matched = rank_value_tokenize_counts(
-                counts,
-                n_counts,
-                self._medians(match),
-                match.token_ids,
-                max_genes=max_genes,
-                cls_token=cls_id,
-                eos_token=eos_id,
-                column=column,
-                out=None if out is None else out[written:],
-                divide=dense,
-                suspect=suspect[: rows.stop - start] if deferred else None,
-            )
-            if deferred and suspect[: rows.stop - start].any():
-                check()  # raises with the fix
-            written += len(tokens.input_ids)
-            empty = np.flatnonzero(kept == 0)
-            if len(empty):
-                check()
-                names = list(adata.obs_names[start + empty[:5]])
-                msg = (
-                    f"{len(empty)} cell(s) in rows {start}..{rows.stop - 1} have no counts in any gene that "
-                    f"{self.name} knows (e.g. {names}). Remove them first, e.g. keep cells with "
-                    "`fm.pp.align_genes` coverage > 0 or `sc.pp.filter_cells(adata, min_genes=...)`."
-                )
-                raise ValueError(msg)
+                raise
             stats = {"total": float(row_total.sum()), "matched": float(matched.sum())}
             yield rows, tokens, stats
 
     def tokenize(self, adata: AnnData, **kwargs: Any) -> tuple[TokenizedCells, dict[str, Any]]:
-        """Tokenise all cells; returns the tokens (input order) and gene-coverage statistics."""
+        """Tokenise all cells; returns the tokens (input order) and gene-coverage statistics.
+
+        ``kwargs`` are those of :meth:`iter_tokenize`; ``chunk_size`` defaults to 2,048 cells, or to
+        ``IN_MEMORY_CHUNK`` (16,384) for an in-memory CSR matrix, whose chunks are views (no copy).
+        """
         match = self.match_adata(
             adata,
             gene_key=kwargs.get("gene_key"),
