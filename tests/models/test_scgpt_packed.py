@@ -1,4 +1,4 @@
-"""The packed (padding-free) scGPT forward pass equals the padded one with a key padding mask."""
+"""The packed (padding-free) scGPT forward pass, per cell (CPU) and layer by layer (GPU), equals the padded one."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 
+@pytest.mark.parametrize("per_sequence", [False, True])
 @pytest.mark.parametrize("pre_norm", [False, True])
-def test_packed_forward_equals_padded(pre_norm):
+def test_packed_forward_equals_padded(pre_norm, per_sequence):
     import torch
 
     from scfmkit.models._scgpt_model import ScGPTConfig, build_random
@@ -28,8 +29,8 @@ def test_packed_forward_equals_padded(pre_norm):
     with torch.inference_mode():
         cls_padded = model(tok, val, torch.tensor(lens), cls_only=True)
         all_padded = model(tok, val, torch.tensor(lens), cls_only=False)
-        cls_packed = model.forward_packed(tok[keep], val[keep], bounds, cls_only=True)
-        all_packed = model.forward_packed(tok[keep], val[keep], bounds, cls_only=False)
+        cls_packed = model.forward_packed(tok[keep], val[keep], bounds, cls_only=True, per_sequence=per_sequence)
+        all_packed = model.forward_packed(tok[keep], val[keep], bounds, cls_only=False, per_sequence=per_sequence)
     assert cls_packed.shape == (len(lens), 64)
     assert all_packed.shape == (sum(lens), 64)
     torch.testing.assert_close(cls_packed, cls_padded, rtol=0, atol=1e-5)

@@ -68,7 +68,7 @@ class _Layer(nn.Module):
         return scores.softmax(-1)
 
     def forward_packed(self, x: torch.Tensor, bounds: list[int], rows: torch.Tensor | None = None) -> torch.Tensor:
-        """The layer on packed sequences, with no padding (so attention needs no mask).
+        """The layer on packed sequences, with no padding (so attention needs no mask); inference only.
 
         ``x`` is ``(total_tokens, hidden)``; sequence ``i`` is rows ``bounds[i]:bounds[i + 1]``.
 
@@ -87,7 +87,8 @@ class _Layer(nn.Module):
             k, v = kv[:, 0], kv[:, 1]
             residual = x[rows]
             q = F.linear(residual, w[:h], bias[:h]).view(-1, self.n_heads, d)
-        a = torch.empty_like(q)
+        single = len(bounds) == 2
+        a = q if single else torch.empty_like(q)
         for i in range(len(bounds) - 1):
             lo, hi = bounds[i], bounds[i + 1]
             qs = q[lo:hi] if rows is None else q[i : i + 1]
@@ -95,33 +96,12 @@ class _Layer(nn.Module):
             out = F.scaled_dot_product_attention(
                 qs.transpose(0, 1)[None], k[lo:hi].transpose(0, 1)[None], v[lo:hi].transpose(0, 1)[None]
             )
-            (a[lo:hi] if rows is None else a[i : i + 1]).copy_(out[0].transpose(0, 1))
-        x = self.ln1(residual + self.attn_out(a.reshape(-1, h)))
-        return self.ln2(x + self.out(self.act(self.inter(x))))
-
-    def forward_sequence(self, x: torch.Tensor, first_row_only: bool = False) -> torch.Tensor:
-        """The layer on one unpadded sequence ``x`` ``(tokens, hidden)``, for inference.
-
-        The same arithmetic as :meth:`forward_packed` on one sequence; the residual adds and the activation run in
-        place, so a sequence's intermediates stay small enough for the CPU caches (see
-        :meth:`BertEncoder.forward_packed`). ``first_row_only`` computes only row 0's output: ``(1, hidden)``.
-        """
-        t, h = x.shape
-        d = h // self.n_heads
-        if first_row_only:
-            w, bias = self.qkv.weight, self.qkv.bias
-            kv = F.linear(x, w[h:], bias[h:]).view(t, 2, self.n_heads, d)
-            k, v = kv[:, 0], kv[:, 1]
-            residual = x[:1]
-            q = F.linear(residual, w[:h], bias[:h]).view(1, self.n_heads, d)
-        else:
-            qkv = self.qkv(x).view(t, 3, self.n_heads, d)
-            q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
-            residual = x
-        # (1, heads, tokens, head_dim) views; the CPU kernel returns (1, heads, tokens, head_dim) over a
-        # (tokens, heads, head_dim) buffer, so the reshape below is a view
-        a = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None])
-        x = self.ln1(_add_(self.attn_out(a[0].transpose(0, 1).reshape(-1, h)), residual))
+            if single:  # the kernel's (tokens, heads, head_dim) output as it is, no copy
+                a = out[0].transpose(0, 1)
+            else:
+                (a[lo:hi] if rows is None else a[i : i + 1]).copy_(out[0].transpose(0, 1))
+        # inference only: the residual adds and the activation run in place on fresh outputs (the same values)
+        x = self.ln1(_add_(self.attn_out(a.reshape(-1, h)), residual))
         return self.ln2(_add_(self.out(self.act_(self.inter(x))), x))
 
 
@@ -227,11 +207,11 @@ class BertEncoder(nn.Module):
         ``first_rows_only`` computes only each sequence's first token (e.g. ``<cls>``) in the last layer, giving
         ``(n_seq, hidden)`` for it: the exact same values, without the discarded rows' work.
 
-        ``per_sequence`` (default: on CPU) runs each sequence through all layers before the next
-        (:meth:`_Layer.forward_sequence`): its intermediates (at most ``tokens x 3 hidden`` floats) stay in the CPU
-        caches and are not freshly allocated for the whole batch, which on CPU cost about a tenth of the time in
-        memory traffic and page faults. ``False`` runs layer by layer, each linear layer over the whole batch at
-        once (the GPU path: fewer, larger kernels). Both give the same values.
+        ``per_sequence`` (default: on CPU) runs each sequence through all layers before the next (each layer's
+        :meth:`_Layer.forward_packed` on that sequence alone): its intermediates (at most ``tokens x 3 hidden``
+        floats) stay in the CPU caches instead of being allocated afresh for the whole batch, which on CPU cost
+        about a tenth of the time in memory traffic and page faults. ``False`` runs layer by layer, each linear layer
+        over the whole batch at once (the GPU path: fewer, larger kernels). Both give the same values.
         """
         lengths = torch.tensor([b - a for a, b in pairwise(bounds)])
         starts = torch.tensor(bounds[:-1])
@@ -263,11 +243,12 @@ class BertEncoder(nn.Module):
         last = len(self.layers)
         wanted = {i for i in return_layers if i > 0} if return_layers else {last}
         out: dict[int, torch.Tensor] = {}
+        row0 = torch.zeros(1, dtype=torch.long, device=x.device)
         for s, (lo, hi) in enumerate(pairwise(bounds)):
             h = x[lo:hi]
             for i, layer in enumerate(self.layers, start=1):
                 first = first_rows_only and i == last
-                h = layer.forward_sequence(h, first)
+                h = layer.forward_packed(h, [0, hi - lo], row0 if first else None)
                 if i in wanted:
                     if i not in out:  # the layer's output dtype (autocast) is known after the first sequence
                         out[i] = h.new_empty((len(bounds) - 1 if first else bounds[-1], h.shape[1]))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -341,7 +342,13 @@ class ScGPTEncoder(nn.Module):
         return x[:, 0] if cls_only else x
 
     def forward_packed(
-        self, tokens: torch.Tensor, values: torch.Tensor, bounds: list[int], *, cls_only: bool = True
+        self,
+        tokens: torch.Tensor,
+        values: torch.Tensor,
+        bounds: list[int],
+        *,
+        cls_only: bool = True,
+        per_sequence: bool | None = None,
     ) -> torch.Tensor:
         """:meth:`forward` on packed cells, with no padding work at all (the same values as the padded path).
 
@@ -353,11 +360,22 @@ class ScGPTEncoder(nn.Module):
             Python ints from 0: cell ``i`` is ``tokens[bounds[i]:bounds[i + 1]]`` (host-side, no device sync).
         cls_only
             Return only each cell's ``<cls>`` state; the last layer then computes those rows only.
+        per_sequence
+            Run each cell through all layers before the next (default: on CPU), so that its intermediates stay in
+            the CPU caches; ``False`` runs layer by layer over the whole batch (the GPU path). The same values.
 
         Returns
         -------
         ``(n_cells, d)`` when ``cls_only``, else ``(total_tokens, d)``.
         """
+        if per_sequence is None:
+            per_sequence = tokens.device.type == "cpu"
+        if per_sequence and len(bounds) > 2:
+            parts = [
+                self.forward_packed(tokens[lo:hi], values[lo:hi], [0, hi - lo], cls_only=cls_only)
+                for lo, hi in pairwise(bounds)
+            ]
+            return torch.cat(parts)
         x = self.encoder(tokens) + self.value_encoder(values)
         layers = self.transformer_encoder.layers
         starts = torch.tensor(bounds[:-1], device=tokens.device) if cls_only else None
