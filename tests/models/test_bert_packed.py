@@ -22,6 +22,15 @@ CFG = BertConfig(
 LENGTHS = [17, 5, 33, 1, 12]
 
 
+@pytest.fixture(autouse=True)
+def _two_torch_threads():
+    """The per-sequence path runs one sequence per torch thread: make sure there are two of them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 def _encoder(act: str) -> BertEncoder:
     cfg = dataclasses.replace(CFG, hidden_act=act)
     enc = BertEncoder(cfg)

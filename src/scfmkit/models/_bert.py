@@ -207,10 +207,11 @@ class BertEncoder(nn.Module):
         ``first_rows_only`` computes only each sequence's first token (e.g. ``<cls>``) in the last layer, giving
         ``(n_seq, hidden)`` for it: the exact same values, without the discarded rows' work.
 
-        ``per_sequence`` (default: on CPU) runs each sequence through all layers before the next (each layer's
-        :meth:`_Layer.forward_packed` on that sequence alone): its intermediates (at most ``tokens x 3 hidden``
-        floats) stay in the CPU caches instead of being allocated afresh for the whole batch, which on CPU cost
-        about a tenth of the time in memory traffic and page faults. ``False`` runs layer by layer, each linear layer
+        ``per_sequence`` (default: on CPU) runs each sequence through all layers on its own (each layer's
+        :meth:`_Layer.forward_packed` on that sequence alone), one sequence per CPU thread
+        (:func:`~scfmkit.models._cpu_threads.map_sequences`): a sequence's intermediates (at most
+        ``tokens x 3 hidden`` floats) stay in the CPU caches instead of being allocated afresh for the whole batch,
+        and the threads do not meet at the end of every small op. ``False`` runs layer by layer, each linear layer
         over the whole batch at once (the GPU path: fewer, larger kernels). Both give the same values.
         """
         lengths = torch.tensor([b - a for a, b in pairwise(bounds)])
@@ -240,23 +241,24 @@ class BertEncoder(nn.Module):
         return_layers: tuple[int, ...],
         first_rows_only: bool,
     ) -> torch.Tensor | dict[int, torch.Tensor]:
+        from ._cpu_threads import map_sequences
+
         last = len(self.layers)
         wanted = {i for i in return_layers if i > 0} if return_layers else {last}
-        out: dict[int, torch.Tensor] = {}
         row0 = torch.zeros(1, dtype=torch.long, device=x.device)
-        for s, (lo, hi) in enumerate(pairwise(bounds)):
-            h = x[lo:hi]
+
+        def one(seg: tuple[int, int]) -> dict[int, torch.Tensor]:
+            lo, hi = seg
+            h, states = x[lo:hi], {}
             for i, layer in enumerate(self.layers, start=1):
-                first = first_rows_only and i == last
-                h = layer.forward_packed(h, [0, hi - lo], row0 if first else None)
+                h = layer.forward_packed(h, [0, hi - lo], row0 if first_rows_only and i == last else None)
                 if i in wanted:
-                    if i not in out:  # the layer's output dtype (autocast) is known after the first sequence
-                        out[i] = h.new_empty((len(bounds) - 1 if first else bounds[-1], h.shape[1]))
-                    if first:
-                        out[i][s : s + 1].copy_(h)
-                    else:
-                        out[i][lo:hi].copy_(h)
-        kept |= out
+                    states[i] = h
+            return states
+
+        # one sequence per CPU thread (the callers sort by length, longest first)
+        parts = map_sequences(one, list(pairwise(bounds)))
+        kept |= {i: torch.cat([p[i] for p in parts]) for i in wanted}
         return kept if return_layers else kept[last]
 
 

@@ -361,8 +361,9 @@ class ScGPTEncoder(nn.Module):
         cls_only
             Return only each cell's ``<cls>`` state; the last layer then computes those rows only.
         per_sequence
-            Run each cell through all layers before the next (default: on CPU), so that its intermediates stay in
-            the CPU caches; ``False`` runs layer by layer over the whole batch (the GPU path). The same values.
+            Run each cell through all layers on its own, one cell per CPU thread (default: on CPU), so that its
+            intermediates stay in the CPU caches; ``False`` runs layer by layer over the whole batch (the GPU path).
+            The same values.
 
         Returns
         -------
@@ -371,11 +372,13 @@ class ScGPTEncoder(nn.Module):
         if per_sequence is None:
             per_sequence = tokens.device.type == "cpu"
         if per_sequence and len(bounds) > 2:
-            parts = [
-                self.forward_packed(tokens[lo:hi], values[lo:hi], [0, hi - lo], cls_only=cls_only)
-                for lo, hi in pairwise(bounds)
-            ]
-            return torch.cat(parts)
+            from ._cpu_threads import map_sequences
+
+            def one(seg: tuple[int, int]) -> torch.Tensor:
+                lo, hi = seg
+                return self.forward_packed(tokens[lo:hi], values[lo:hi], [0, hi - lo], cls_only=cls_only)
+
+            return torch.cat(map_sequences(one, list(pairwise(bounds))))
         x = self.encoder(tokens) + self.value_encoder(values)
         layers = self.transformer_encoder.layers
         starts = torch.tensor(bounds[:-1], device=tokens.device) if cls_only else None
