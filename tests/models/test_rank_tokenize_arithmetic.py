@@ -64,3 +64,31 @@ def test_repeated_columns_rank_as_separate_entries(data):
     for i in range(X.shape[0]):
         np.testing.assert_array_equal(got[i], expected[i])
     assert (kept == np.diff(X.indptr)).all()
+
+
+def test_negative_zero_ranks_as_a_stored_zero():
+    """A stored -0.0 compares equal to 0.0 in numpy's sort: ranked last, not first by its sign bit."""
+    X = sparse.csr_matrix(np.array([[3.0, 1.0, 2.0, 5.0, 4.0]], np.float32))
+    X.data[1] = -0.0
+    n_counts = np.asarray(X.sum(axis=1)).ravel()
+    medians, tokens = np.array([1.0, 1.5, 2.5, 3.5, 4.5]), np.arange(5) + 10
+    got = rank_value_tokenize_counts(X, n_counts, medians, tokens, max_genes=10)[0]
+    np.testing.assert_array_equal(got[0], _expected(X, n_counts, medians, tokens, 10)[0])
+    assert got[0][-1] == 11
+
+
+@pytest.mark.parametrize("fractional", [False, True])
+def test_matched_counts_are_the_float64_sum(data, fractional):
+    """Per cell, the summed counts of the columns with a token: whole counts summed as integers, others in order."""
+    counts, medians, tokens = data
+    X = sparse.csr_matrix(counts.astype(np.float32) * (np.float32(0.37) if fractional else np.float32(1)))
+    column = np.where(np.arange(N_GENES) % 4 == 0, -1, np.arange(N_GENES))  # every fourth gene without a token
+    n_counts = np.asarray(X.sum(axis=1)).ravel()
+    _, kept, matched = rank_value_tokenize_counts(X, n_counts, medians, tokens, max_genes=100, column=column)
+    for i in range(N_CELLS):
+        row = X[i]
+        keep = column[row.indices] >= 0
+        total = 0.0
+        for x in row.data[keep]:
+            total += float(x)
+        assert matched[i] == total and kept[i] == keep.sum()

@@ -1,17 +1,19 @@
 """Compiled (numba) kernels of the rank-value tokeniser; imported lazily by :mod:`._rank_tokenize`.
 
 One pass over a CSR chunk, over a range of cells ``[first, stop)`` so that threads can share a chunk (the kernel
-releases the GIL; :func:`run_threaded` splits the cells by their stored entries). Python threads rather than numba's
+releases the GIL; :func:`rank_threaded` splits the cells by their stored entries). Python threads rather than numba's
 ``parallel=True``: numba's OpenMP layer kills a process forked after it ran (multiprocessing's default start method on
 Linux), and its fallback layer aborts when two threads call a kernel at once.
 
 :func:`rank` reads each cell's stored entries once: it counts those that are ranked (every stored entry of a gene with
 a token, explicitly stored zeros included, as the reference ranks the stored entries of its normalised sparse matrix),
-sums their counts, orders them by descending value and writes their token ids from a bound of the cell's offset (the
-offset if every stored entry had a token); :func:`compact` then moves the cells' tokens together. A cell where two
-entries of different tokens have the same value is flagged, so that the caller can order it with numpy's own
+sums their counts, orders them by descending value and writes their token ids right after the previous cell's;
+:func:`rank_threaded` moves each finished range of cells down to its place. A cell where two entries of different
+tokens have the same value among the kept ones is flagged, so that the caller can order it with numpy's own
 (non-stable) ``argsort``, as the reference does. Genes are looked up in per-column tables (token id, -1 for a gene
-without one; the median term), one lookup per entry and no branch.
+without one; the median term, NaN for a gene without a token, so that it is never the cell's smallest or largest
+value), one lookup per entry and no branch. Whole counts are summed as integers (no floating-point dependency chain
+through the loop; the same sum as float64 below 2**53), other values as float64 in entry order.
 
 The value is the reference's arithmetic, operation by operation and in the same dtypes (no fast-math, so nothing is
 reassociated). From a sparse matrix (scipy divides by a dense array as a multiplication by its reciprocal):
@@ -20,12 +22,13 @@ the cell totals. From a dense array (numpy's true division): ``float64((x / n_co
 
 The per-cell sort is a least-significant-digit radix sort (a comparison sort spends most of its time on mispredicted
 branches: cells are a few thousand values in no useful order; the radix sort has no data-dependent branches). For
-positive floats the bit pattern read as an unsigned integer orders like the value, so the complement of the bits
-orders by descending value. Each entry becomes one 64-bit word, its key less the cell's smallest (shifted right where
-key and entry number would not fit together) above its entry number, so that one array moves per pass. The words are
-sorted on their top 22 bits (2 passes of 11 bits; 16 bits for cells under 1,024 entries); being stable, the sort
-keeps entry (column) order among equal digits, and runs of equal sorted bits (rare) are then put in order of the full
-64-bit key by a stable insertion sort. The result equals a stable sort by descending value.
+non-negative floats the bit pattern read as an unsigned integer orders like the value (-0.0 is made 0.0, as numpy
+compares it), so the complement of the bits orders by descending value. Each entry becomes one 64-bit word, its key
+less the cell's smallest (shifted right where key and entry number would not fit together) above its entry number,
+so that one array moves per pass. The words are sorted on their top 22 bits (2 passes of 11 bits; 16 bits for cells
+under 1,024 entries); being stable, the sort keeps entry (column) order among equal digits. Neighbours with equal
+sorted bits (rare) are noted while the tokens are written, and each such run is then put in order of the full 64-bit
+key by a stable insertion sort and its tokens written again. The result equals a stable sort by descending value.
 """
 
 from __future__ import annotations
@@ -46,31 +49,60 @@ def _value(x, r, scale, m, divide):
     return np.float64(x * r * scale) * m
 
 
-def run_threaded(kernel, indptr: np.ndarray, *args) -> None:
-    """Call ``kernel(first, stop, indptr, *args)`` on cell ranges of about equal stored entries, on several threads.
+def rank_threaded(indptr: np.ndarray, *args) -> None:
+    """:func:`rank` over all cells on several threads, the cells' tokens one after another from ``out[0]``.
 
-    Threads: the CPUs this process may use, at most ``numba.get_num_threads()`` (``NUMBA_NUM_THREADS``). The cells
-    are cut into a few ranges per thread that the threads take in turn (the calling thread too), so that a thread
-    slowed down by the machine's other work does not leave the others waiting at the end.
+    ``args`` are :func:`rank`'s after ``indptr``. Threads: the CPUs this process may use, at most
+    ``numba.get_num_threads()`` (``NUMBA_NUM_THREADS``). The cells are cut into ranges of about equal stored entries
+    (at least 256 cells, up to 64 ranges per thread) that the threads take in turn (the calling thread too), so that a
+    thread slowed down by the machine's other work does not leave the others waiting at the end. Each range writes
+    its cells' tokens one after another from its bound; a thread that finishes a range moves the finished ranges'
+    tokens down to their place, in order, while the other threads rank on (the tokens are still in cache, and no
+    serial pass over all tokens is left for the end).
     """
+    bound, out = args[7], args[11]
     n_cells = len(indptr) - 1
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     n_threads = max(1, min(cpus, numba.get_num_threads(), n_cells // 64))
     if n_threads == 1:
-        kernel(0, n_cells, indptr, *args)
+        rank(0, n_cells, indptr, *args)
         return
-    n_ranges = min(4 * n_threads, max(n_cells // 64, n_threads))
+    n_ranges = min(64 * n_threads, max(n_cells // 256, n_threads))
     bounds = np.searchsorted(indptr, np.linspace(0, indptr[-1], n_ranges + 1)[1:-1]).tolist()
-    ranges = iter(zip([0, *bounds], [*bounds, n_cells], strict=True))
+    ranges = list(zip([0, *bounds], [*bounds, n_cells], strict=True))
+    ends: list[int | None] = [None] * len(ranges)
     lock = threading.Lock()
+    state = {"taken": 0, "moved": 0, "to": 0, "moving": False}
+
+    def move_finished() -> None:
+        while True:  # one thread at a time moves the finished ranges that follow the moved ones, in order
+            with lock:
+                first = state["moved"]
+                if state["moving"] or first == len(ranges) or ends[first] is None:
+                    return
+                last = first
+                while last < len(ranges) and ends[last] is not None:
+                    last += 1
+                state["moving"] = True
+            to = state["to"]
+            for r in range(first, last):
+                start = int(bound[ranges[r][0]])
+                n = ends[r] - start
+                if to != start:
+                    move(out, start, to, n)
+                to += n
+            with lock:
+                state.update(moved=last, to=to, moving=False)
 
     def work() -> None:
         while True:
             with lock:
-                r = next(ranges, None)
-            if r is None:
-                return
-            kernel(r[0], r[1], indptr, *args)
+                r = state["taken"]
+                if r == len(ranges):
+                    break
+                state["taken"] = r + 1
+            ends[r] = rank(ranges[r][0], ranges[r][1], indptr, *args)
+            move_finished()
 
     # a pool per call (no thread outlives it: safe to fork after); the calling thread works too
     with ThreadPoolExecutor(n_threads - 1) as pool:
@@ -78,6 +110,10 @@ def run_threaded(kernel, indptr: np.ndarray, *args) -> None:
         work()
         for future in futures:
             future.result()
+    move_finished()
+    if state["moved"] != len(ranges):
+        msg = "internal error: not every range of cells was moved into place"
+        raise RuntimeError(msg)
 
 
 @numba.njit(inline="always")
@@ -104,6 +140,7 @@ def rank(
     divide,
     bound,
     head,
+    tail,
     max_genes,
     out,
     kept,
@@ -111,12 +148,17 @@ def rank(
     tied,
     suspect,
 ):
-    """Cells ``first..stop-1``: token ids by descending value at ``out[bound[i] + head:]``.
+    """Cells ``first..stop-1``: token ids by descending value, one cell after another from ``out[bound[first]:]``.
 
-    ``tok_var``/``gene_var``: token id (-1: none) and median term of each column. Sets ``kept`` (entries ranked),
-    ``matched`` (their summed counts), ``tied`` (equal values of different tokens: the caller orders the cell with
-    numpy's argsort) and ``suspect`` (a stored value, with or without a token, that is negative, not finite or not an
-    integer: not raw counts, so the caller checks the values and raises). Equal values are put in column order.
+    Each cell takes ``head`` + its tokens (at most ``max_genes``) + ``tail`` entries (the special tokens' places are
+    left for the caller); returns the end of the range's tokens (at most ``bound[stop]``, the bound when every
+    stored entry had a token).
+
+    ``tok_var``/``gene_var``: token id (-1: none) and median term (NaN: no token) of each column. Sets ``kept``
+    (entries ranked), ``matched`` (their summed counts), ``tied`` (equal values of different tokens among the first
+    ``max_genes``: the caller orders the cell with numpy's argsort) and ``suspect`` (a stored value, with or without
+    a token, that is negative, not finite, not an integer or above 2**53: the caller checks the values). Equal values
+    are put in column order.
     """
     # scratch buffers for the longest cell of the range, allocated once (not per cell); one spare entry, as the
     # branch-free gather writes every entry and advances only past those with a token
@@ -124,42 +166,57 @@ def rank(
     for i in range(first, stop):
         longest = max(longest, indptr[i + 1] - indptr[i])
     vals = np.empty(longest + 1, np.float64)
-    full = vals.view(np.uint64)
     toks = np.empty(longest + 1, out.dtype)
     a_buf = np.empty(longest, np.uint64)
     b_buf = np.empty(longest, np.uint64)
+    runs = np.empty(longest + 1, np.int64)
     hist = np.empty((2, 2048), np.int32)
     one = np.uint64(1)
+    pos = bound[first]
     for i in range(first, stop):
         r = recip[i]
+        lo, hi = indptr[i], indptr[i + 1]
         k = 0
-        total = 0.0
-        fmin = np.uint64(0xFFFFFFFFFFFFFFFF)
-        fmax = np.uint64(0)
+        whole = 0
+        vmin = np.inf
+        vmax = -np.inf
         odd = False
-        for p in range(indptr[i], indptr[i + 1]):
-            j = indices[p]
+        for p in range(lo, hi):
+            j = np.uint64(indices[p])  # unsigned: no wrap-around check
             t = tok_var[j]
             x = data[p]
-            v = np.float64(x)
-            odd |= (v < 0) | (v != np.floor(v)) | ((v - v) != 0)  # negative, fractional, NaN or infinite
-            vals[k] = _value(x, r, scale, gene_var[j], divide)
-            f = ~full[k]  # descending value = ascending key
-            full[k] = f
+            # not a whole number in [0, 2**53): negative, NaN, infinite, fractional or too large to sum exactly
+            odd |= ~((x >= 0) & (x < 9007199254740992.0) & ((x - np.floor(x)) == 0))
+            val = _value(x, r, scale, gene_var[j], divide)  # NaN for a column without a token
+            vals[k] = val
             toks[k] = t
+            vmax = val if val > vmax else vmax  # NaN (no token) is never taken
+            vmin = val if val < vmin else vmin
             m = t >= 0
-            total += x if m else 0.0
-            sel = np.uint64(0) - np.uint64(m)  # all ones for an entry with a token
-            fmin = min(fmin, f | ~sel)
-            fmax = max(fmax, f & sel)
+            whole += np.int64(x) & -np.int64(m)  # integers: no floating-point dependency chain
             k += m
         size = k
         kept[i] = size
-        matched[i] = total
-        tied[i] = 0
         suspect[i] = odd
+        tied[i] = 0
+        if not odd and whole < 9007199254740992:
+            matched[i] = np.float64(whole)  # whole numbers summing below 2**53: their float64 sum, exactly
+        else:  # the float64 sum in entry order
+            total = 0.0
+            for p in range(lo, hi):
+                total += data[p] if tok_var[np.uint64(indices[p])] >= 0 else 0.0
+            matched[i] = total
+        start = pos + head
+        pos = start + min(size, max_genes) + tail
         if size == 0:
             continue
+        if vmin == 0.0:  # a stored zero: -0.0 (a count of -0.0) compares equal to 0.0, as in numpy's sort
+            for q in range(size):
+                vals[q] += 0.0
+            vmin = 0.0
+            vmax += 0.0
+        fmin = ~np.float64(vmax).view(np.uint64)  # descending value = ascending key (complemented bits)
+        fmax = ~np.float64(vmin).view(np.uint64)
         # word = (key - smallest) >> s, then the entry number in the low ib bits
         rbits = _bit_length(fmax - fmin)
         ib = _bit_length(np.uint64(size - 1))
@@ -177,17 +234,17 @@ def rank(
         hist[0, :nb] = 0
         hist[1, :nb] = 0
         for k in range(size):
-            w = (((full[k] - fmin) >> s) << ibu) | np.uint64(k)
+            w = (((~np.float64(vals[k]).view(np.uint64) - fmin) >> s) << ibu) | np.uint64(k)
             a_buf[k] = w
             hist[0, (w >> ucut) & dmask] += 1
             hist[1, (w >> ucut2) & dmask] += 1
         src, dst = a_buf, b_buf
         for d in range(n_pass):
-            start = 0
+            acc = 0
             for b in range(nb):
                 c = hist[d, b]
-                hist[d, b] = start
-                start += c
+                hist[d, b] = acc
+                acc += c
             sh = ucut if d == 0 else ucut2
             for k in range(size):
                 w = src[k]
@@ -197,52 +254,58 @@ def rank(
                 dst[q] = w
             src, dst = dst, src
         mask = (one << ibu) - one
-        j = 0
-        while j < size - 1:  # runs of equal sorted bits: order by the full key (stable), check for exact ties
-            hj = src[j] >> ucut
-            if (src[j + 1] >> ucut) != hj:
-                j += 1
-                continue
+        lim = min(size, max_genes)
+        # the tokens in sorted order, noting (branch-free) each neighbour pair of equal sorted bits: rare runs
+        n_runs = 0
+        prev = (src[0] >> ucut) ^ one
+        for t in range(lim):
+            w = src[t]
+            out[start + t] = toks[w & mask]
+            h = w >> ucut
+            runs[n_runs] = t - 1
+            n_runs += h == prev
+            prev = h
+        if lim < size and (src[lim] >> ucut) == prev:  # a run across the truncation
+            runs[n_runs] = lim - 1
+            n_runs += 1
+        q = 0
+        while q < n_runs:  # each run: full-key order (stable), exact ties checked, its tokens written again
+            j = runs[q]
             e = j + 2
+            q += 1
+            while q < n_runs and runs[q] == e - 1:
+                e += 1
+                q += 1
+            hj = src[j] >> ucut
             while e < size and (src[e] >> ucut) == hj:
                 e += 1
             for a in range(j + 1, e):
                 v = src[a]
-                fv = full[v & mask]
+                fv = np.float64(vals[v & mask]).view(np.uint64)
                 b = a - 1
-                while b >= j and full[src[b] & mask] > fv:
+                while b >= j and np.float64(vals[src[b] & mask]).view(np.uint64) < fv:  # larger value first
                     src[b + 1] = src[b]
                     b -= 1
                 src[b + 1] = v
-            for a in range(j, e - 1):
+            for a in range(j, min(e - 1, lim)):  # ties past the truncation do not change the tokens kept
                 x = src[a] & mask
                 y = src[a + 1] & mask
-                if full[x] == full[y] and toks[x] != toks[y]:
+                if vals[x] == vals[y] and toks[x] != toks[y]:
                     tied[i] = 1
-            j = e
-        start = bound[i] + head
-        for t in range(min(size, max_genes)):
-            out[start + t] = toks[src[t] & mask]
+            for a in range(j, min(e, lim)):
+                out[start + a] = toks[src[a] & mask]
+    return pos
 
 
 @numba.njit(cache=True, nogil=True)
-def compact(bound, offsets, head, tail, out):
-    """Move each cell's tokens from ``out[bound[i] + head:]`` to ``out[offsets[i] + head:]`` (``offsets <= bound``)."""
-    for i in range(len(offsets) - 1):
-        src = bound[i] + head
-        dst = offsets[i] + head
-        n = offsets[i + 1] - offsets[i] - head - tail
-        if src == dst or n == 0:
-            continue
-        if dst + n <= src:  # apart (the usual case after a few cells): one block copy
-            out[dst : dst + n] = out[src : src + n]
-        else:
-            for t in range(n):  # overlapping, moving down: element by element from the start is safe
-                out[dst + t] = out[src + t]
+def move(out, src, dst, n):
+    """``out[dst:dst + n] = out[src:src + n]`` for ``dst <= src`` (overlapping allowed: copied from the start)."""
+    for t in range(n):
+        out[dst + t] = out[src + t]
 
 
 def summarize(data: np.ndarray) -> tuple[int, float, float, int]:
-    """:func:`summarize_range` over all of ``data``, split between the threads of :func:`run_threaded`."""
+    """:func:`summarize_range` over all of ``data``, split between threads as in :func:`rank_threaded`."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     n_threads = max(1, min(cpus, numba.get_num_threads(), data.size // 65_536))
     if n_threads == 1:

@@ -127,7 +127,7 @@ def rank_value_tokenize_counts(
     column = np.asarray(column, np.int64)
     has_token = column >= 0
     tok_var = np.where(has_token, np.asarray(token_ids)[np.maximum(column, 0)], -1).astype(dtype)
-    gene_var = np.where(has_token, per_gene[np.maximum(column, 0)], 1.0)
+    gene_var = np.where(has_token, per_gene[np.maximum(column, 0)], np.nan)  # NaN: never a kernel's min or max
     arrays = (counts.data.astype(dt, copy=False), counts.indices, tok_var, per_cell, dt.type(TARGET_SUM), gene_var)
     # the kernel writes each cell's tokens from a bound of its offset (every stored entry ranked), then they are moved
     # together: one pass over the entries instead of a counting pass first
@@ -148,13 +148,13 @@ def rank_value_tokenize_counts(
     elif suspect.dtype != np.bool_ or suspect.shape != (n,):
         msg = f"`suspect` must be a boolean array of {n} entries (one per cell), got {suspect.dtype} {suspect.shape}."
         raise ValueError(msg)
-    _rank_kernels.run_threaded(
-        _rank_kernels.rank,
+    _rank_kernels.rank_threaded(
         counts.indptr,
         *arrays,
         bool(divide),
         bound,
         head,
+        tail,
         max_genes,
         ids,
         kept,
@@ -164,7 +164,6 @@ def rank_value_tokenize_counts(
     )
     offsets = np.zeros(n + 1, np.int64)
     np.cumsum(np.minimum(kept, max_genes) + head + tail, out=offsets[1:])
-    _rank_kernels.compact(bound, offsets, head, tail, ids)
     ids = ids[: offsets[-1]]
     for i in np.flatnonzero(tied):  # exact ties between different tokens: numpy's argsort, as the reference
         ids[offsets[i] + head : offsets[i + 1] - tail] = _argsort_cell(counts, i, arrays, divide, max_genes)
