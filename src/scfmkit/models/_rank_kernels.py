@@ -25,10 +25,11 @@ branches: cells are a few thousand values in no useful order; the radix sort has
 non-negative floats the bit pattern read as an unsigned integer orders like the value (-0.0 is made 0.0, as numpy
 compares it), so the complement of the bits orders by descending value. Each entry becomes one 64-bit word, its key
 less the cell's smallest (shifted right where key and entry number would not fit together) above its entry number,
-so that one array moves per pass. The words are sorted on their top 22 bits (2 passes of 11 bits; 16 bits for cells
-under 1,024 entries); being stable, the sort keeps entry (column) order among equal digits. Neighbours with equal
-sorted bits (rare) are noted while the tokens are written, and each such run is then put in order of the full 64-bit
-key by a stable insertion sort and its tokens written again. The result equals a stable sort by descending value.
+so that one array moves per pass. The words are sorted on their top 20 bits (2 passes of 10 bits; 16 bits for cells
+under 1,024 entries: fewer bits leave more runs to sort, more cost more in the histograms); being stable, the sort
+keeps entry (column) order among equal digits. Neighbours with equal sorted bits (rare) are noted while the tokens
+are written, and each such run is then put in order of the full 64-bit key by a stable insertion sort and its tokens
+written again. The result equals a stable sort by descending value.
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ def rank(
     a_buf = np.empty(longest, np.uint64)
     b_buf = np.empty(longest, np.uint64)
     runs = np.empty(longest + 1, np.int64)
-    hist = np.empty((2, 2048), np.int32)
+    hist = np.empty((2, 1024), np.int32)
     one = np.uint64(1)
     pos = bound[first]
     for i in range(first, stop):
@@ -223,7 +224,7 @@ def rank(
         kb = min(rbits, 64 - ib)
         s = np.uint64(rbits - kb)
         rw = kb + ib
-        db = 11 if size >= 1024 else 8
+        db = 10 if size >= 1024 else 8
         cut = max(0, rw - 2 * db)  # the bits sorted on: [cut, rw)
         n_pass = 1 if rw - cut <= db else 2
         dmask = np.uint64((1 << db) - 1)
@@ -297,11 +298,17 @@ def rank(
     return pos
 
 
-@numba.njit(cache=True, nogil=True)
-def move(out, src, dst, n):
-    """``out[dst:dst + n] = out[src:src + n]`` for ``dst <= src`` (overlapping allowed: copied from the start)."""
-    for t in range(n):
-        out[dst + t] = out[src + t]
+def move(out: np.ndarray, src: int, dst: int, n: int) -> None:
+    """``out[dst:dst + n] = out[src:src + n]`` for ``dst <= src``, in parts that do not overlap.
+
+    Each part is numpy's copy at memory speed; an overlapping slice assignment would copy through a temporary array.
+    """
+    gap = src - dst
+    done = 0 if gap > 0 else n  # nothing to move when in place
+    while done < n:
+        c = min(gap, n - done)
+        out[dst + done : dst + done + c] = out[src + done : src + done + c]
+        done += c
 
 
 def summarize(data: np.ndarray) -> tuple[int, float, float, int]:
