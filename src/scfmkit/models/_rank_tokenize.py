@@ -129,8 +129,8 @@ def rank_value_tokenize_counts(
     tok_var = np.where(has_token, np.asarray(token_ids)[np.maximum(column, 0)], -1).astype(dtype)
     gene_var = np.where(has_token, per_gene[np.maximum(column, 0)], np.nan)  # NaN: never a kernel's min or max
     arrays = (counts.data.astype(dt, copy=False), counts.indices, tok_var, per_cell, dt.type(TARGET_SUM), gene_var)
-    # the kernel writes each cell's tokens from a bound of its offset (every stored entry ranked), then they are moved
-    # together: one pass over the entries instead of a counting pass first
+    # each range of cells is written from the bound of its first cell's offset (every stored entry ranked), then moved
+    # into place by the threads: one pass over the entries instead of a counting pass first
     bound = np.zeros(n + 1, np.int64)
     np.cumsum(np.minimum(np.diff(counts.indptr), max_genes) + head + tail, out=bound[1:])
     if out is None:
