@@ -59,6 +59,10 @@ def main() -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch.set_num_threads(1)
+    one = 2 * 2048**3 / _best(lambda: a @ b) / 1e9
+    torch.set_num_threads(threads)
+    print(f"matmul 2048^3, one thread: {one:.1f} GFLOP/s (the rate of the profiled run's threads)")
     print(f"matmul 2048^3: {2 * 2048**3 / _best(lambda: a @ b) / 1e9:.1f} GFLOP/s")
     heads = gf.config.num_attention_heads
     d = gf.config.hidden_size // heads
