@@ -51,6 +51,17 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def best_seconds(f, n: int = 5) -> float:
+    """The fastest of ``n`` timed calls of ``f``, after one untimed warm-up call."""
+    f()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        f()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
 def matmul_peak_gflops(n: int = 2048, repeats: int = 10, dtype: str = "float32", device: str = "cpu") -> float:
     """Measured matmul throughput of this machine (torch, all threads, or one GPU), in GFLOP/s."""
     import torch

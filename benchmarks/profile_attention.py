@@ -11,17 +11,8 @@ whole). Each as a fraction of a 2048^3 ``torch.mm`` with the same threads, measu
 from __future__ import annotations
 
 import argparse
-import time
 
-
-def _best(f, n: int = 5) -> float:
-    f()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return min(times)
+from _common import best_seconds
 
 
 def main() -> None:
@@ -54,18 +45,18 @@ def main() -> None:
             torch.set_num_threads(threads)
             a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
             for n in args.lengths:
-                peak = 2 * 2048**3 / _best(lambda a=a, b=b: a @ b) / 1e9
+                peak = 2 * 2048**3 / best_seconds(lambda a=a, b=b: a @ b) / 1e9
                 qkv = torch.randn(n, 3, h, d)
                 q, k, v = (qkv[:, i].transpose(0, 1)[None] for i in range(3))
                 flops = 4 * n * n * h * d / 1e9
                 ref = F.scaled_dot_product_attention(q, k, v)
-                sec = _best(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v))
+                sec = best_seconds(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v))
                 row = [f"kernel {flops / sec / peak:.2f}"]
                 for name, f in (("kernel on query blocks", chunked_kernel), ("matmuls+softmax", matmuls)):
                     parts = []
                     for c in (64, 128, 256, n):
                         torch.testing.assert_close(f(q, k, v, c), ref, rtol=1e-5, atol=1e-5)
-                        sec = _best(lambda q=q, k=k, v=v, c=c, f=f: f(q, k, v, c))
+                        sec = best_seconds(lambda q=q, k=k, v=v, c=c, f=f: f(q, k, v, c))
                         parts.append(f"{'all' if c == n else c}: {flops / sec / peak:.2f}")
                     row.append(f"{name} ({', '.join(parts)})")
                 print(f"{threads} thread(s), {n} tokens, matmul {peak:.0f} GFLOP/s; fraction: " + "; ".join(row))

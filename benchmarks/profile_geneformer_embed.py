@@ -13,18 +13,9 @@ few lengths (inference, CPU flash kernel), each in GFLOP/s.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
-
-def _best(f, n: int = 5) -> float:
-    f()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        f()
-        times.append(time.perf_counter() - t)
-    return min(times)
+from _common import best_seconds
 
 
 def main() -> None:
@@ -45,7 +36,9 @@ def main() -> None:
     sub = ad.read_h5ad(args.work / f"embed_{args.variant}_{args.n_cells}.h5ad")
     gf = fm.models.load(args.work / f"gf_{args.variant}_full_random")
     opts = {"batch_size": args.batch_size, "device": "cpu", "precision": "float32"}
-    print(f"embed {args.n_cells} cells: {_best(lambda: gf.embed_cells(sub.copy(), **opts), 3):.3f} s (best of 3)")
+    print(
+        f"embed {args.n_cells} cells: {best_seconds(lambda: gf.embed_cells(sub.copy(), **opts), 3):.3f} s (best of 3)"
+    )
     # on CPU the embedding runs one cell per torch thread, in worker threads the profiler does not record: the
     # table is of a one-thread run (the same ops, one cell after another in this thread)
     threads = torch.get_num_threads()
@@ -60,16 +53,16 @@ def main() -> None:
 
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
     torch.set_num_threads(1)
-    one = 2 * 2048**3 / _best(lambda: a @ b) / 1e9
+    one = 2 * 2048**3 / best_seconds(lambda: a @ b) / 1e9
     torch.set_num_threads(threads)
     print(f"matmul 2048^3, one thread: {one:.1f} GFLOP/s (the rate of the profiled run's threads)")
-    print(f"matmul 2048^3: {2 * 2048**3 / _best(lambda: a @ b) / 1e9:.1f} GFLOP/s")
+    print(f"matmul 2048^3: {2 * 2048**3 / best_seconds(lambda: a @ b) / 1e9:.1f} GFLOP/s")
     heads = gf.config.num_attention_heads
     d = gf.config.hidden_size // heads
     with torch.inference_mode():
         for n in (600, 1092, 2048):
             q, k, v = (torch.randn(1, heads, n, d) for _ in range(3))
-            sec = _best(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v))
+            sec = best_seconds(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v))
             print(f"attention alone, {n} tokens: {4 * n * n * heads * d / sec / 1e9:.1f} GFLOP/s")
 
 

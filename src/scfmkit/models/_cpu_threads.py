@@ -2,8 +2,8 @@
 
 Pure torch, no AnnData. A cell's pass is a chain of small ops (a few hundred to a few thousand tokens); split over
 the threads, every op ends in a join where the threads wait for each other. One cell per thread instead keeps every
-core busy between ops: on the 2-core benchmark machine this made the Geneformer V1 embedding about 15% faster, with
-the same values.
+core busy between ops. Together with running each cell through all layers on its own, this made the Geneformer V1
+embedding 1.20x as fast on the 2-core benchmark machine, with the same values (``benchmarks/README.md``).
 """
 
 from __future__ import annotations

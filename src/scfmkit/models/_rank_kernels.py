@@ -34,12 +34,13 @@ written again. The result equals a stable sort by descending value.
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
 import numpy as np
+
+from .._utils import available_cpus
 
 
 @numba.njit(inline="always")
@@ -63,7 +64,7 @@ def rank_threaded(indptr: np.ndarray, *args) -> None:
     """
     bound, out = args[7], args[11]
     n_cells = len(indptr) - 1
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = available_cpus()
     n_threads = max(1, min(cpus, numba.get_num_threads(), n_cells // 64))
     if n_threads == 1:
         rank(0, n_cells, indptr, *args)
@@ -313,7 +314,7 @@ def move(out: np.ndarray, src: int, dst: int, n: int) -> None:
 
 def summarize(data: np.ndarray) -> tuple[int, float, float, int]:
     """:func:`summarize_range` over all of ``data``, split between threads as in :func:`rank_threaded`."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = available_cpus()
     n_threads = max(1, min(cpus, numba.get_num_threads(), data.size // 65_536))
     if n_threads == 1:
         return summarize_range(data)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -23,7 +22,7 @@ import pandas as pd
 from scipy import sparse
 
 from .._checks import check_nonnegative_finite, get_matrix
-from .._utils import logger, progress
+from .._utils import available_cpus, logger, progress
 from ._base import FoundationModel, GeneMatch, ModelSpec, autocast, register_model
 from ._geneformer_genes import match_ids
 from ._geneformer_io import GeneformerVocab, detect_variant, read_checkpoint, write_random_checkpoint
@@ -756,7 +755,7 @@ def _row_total(chunk: sparse.csr_matrix) -> np.ndarray:
     numpy releases the GIL while it sums.
     """
     n = chunk.shape[0]
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cpus = available_cpus()
     if cpus < 2 or chunk.nnz < 1 << 20 or not (isinstance(chunk, sparse.csr_matrix) and chunk.has_canonical_format):
         return np.asarray(chunk.sum(axis=1)).ravel()
     first, second = _row_block(chunk, slice(0, n // 2)), _row_block(chunk, slice(n // 2, n))
