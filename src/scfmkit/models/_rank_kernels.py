@@ -43,6 +43,19 @@ import numpy as np
 from .._utils import available_cpus
 
 
+def _thread_limit() -> int:
+    """Threads the kernels may use: the CPUs this process may run on, at most numba's thread count.
+
+    That count is ``NUMBA_NUM_THREADS`` until numba's threading layer runs (then ``numba.get_num_threads()``, which
+    :func:`numba.set_num_threads` changes). ``numba.get_num_threads()`` itself would start the layer, whose OpenMP
+    start-up resets the OpenMP thread count that torch shares: a caller's ``torch.set_num_threads(1)`` became 2.
+    """
+    from numba.np.ufunc import parallel
+
+    numba_threads = numba.get_num_threads() if parallel._is_initialized else numba.config.NUMBA_NUM_THREADS
+    return min(available_cpus(), numba_threads)
+
+
 @numba.njit(inline="always")
 def _value(x, r, scale, m, divide):
     """``r``/``m``: reciprocals of the cell total and of the median (sparse input), else the values (``divide``)."""
@@ -54,8 +67,8 @@ def _value(x, r, scale, m, divide):
 def rank_threaded(indptr: np.ndarray, *args) -> None:
     """:func:`rank` over all cells on several threads, the cells' tokens one after another from ``out[0]``.
 
-    ``args`` are :func:`rank`'s after ``indptr``. Threads: the CPUs this process may use, at most
-    ``numba.get_num_threads()`` (``NUMBA_NUM_THREADS``). The cells are cut into ranges of about equal stored entries
+    ``args`` are :func:`rank`'s after ``indptr``. Threads: the CPUs this process may use, at most numba's thread
+    count (``NUMBA_NUM_THREADS``, see :func:`_thread_limit`). The cells are cut into ranges of about equal stored entries
     (at least 256 cells, up to 64 ranges per thread) that the threads take in turn (the calling thread too), so that a
     thread slowed down by the machine's other work does not leave the others waiting at the end. Each range writes
     its cells' tokens one after another from its bound; a thread that finishes a range moves the finished ranges'
@@ -64,8 +77,7 @@ def rank_threaded(indptr: np.ndarray, *args) -> None:
     """
     bound, out = args[7], args[11]
     n_cells = len(indptr) - 1
-    cpus = available_cpus()
-    n_threads = max(1, min(cpus, numba.get_num_threads(), n_cells // 64))
+    n_threads = max(1, min(_thread_limit(), n_cells // 64))
     if n_threads == 1:
         rank(0, n_cells, indptr, *args)
         return
@@ -314,8 +326,7 @@ def move(out: np.ndarray, src: int, dst: int, n: int) -> None:
 
 def summarize(data: np.ndarray) -> tuple[int, float, float, int]:
     """:func:`summarize_range` over all of ``data``, split between threads as in :func:`rank_threaded`."""
-    cpus = available_cpus()
-    n_threads = max(1, min(cpus, numba.get_num_threads(), data.size // 65_536))
+    n_threads = max(1, min(_thread_limit(), data.size // 65_536))
     if n_threads == 1:
         return summarize_range(data)
     edges = np.linspace(0, data.size, n_threads + 1).astype(np.int64)
