@@ -68,11 +68,11 @@ def rank_threaded(indptr: np.ndarray, *args) -> None:
     """:func:`rank` over all cells on several threads, the cells' tokens one after another from ``out[0]``.
 
     ``args`` are :func:`rank`'s after ``indptr``. Threads: the CPUs this process may use, at most numba's thread
-    count (``NUMBA_NUM_THREADS``, see :func:`_thread_limit`). The cells are cut into ranges of about equal stored entries
-    (at least 256 cells, up to 64 ranges per thread) that the threads take in turn (the calling thread too), so that a
-    thread slowed down by the machine's other work does not leave the others waiting at the end. Each range writes
-    its cells' tokens one after another from its bound; a thread that finishes a range moves the finished ranges'
-    tokens down to their place, in order, while the other threads rank on (the tokens are still in cache, and no
+    count (``NUMBA_NUM_THREADS``, see :func:`_thread_limit`). The cells are cut into ranges of about equal stored
+    entries (at least 256 cells, up to 64 ranges per thread) that the threads take in turn (the calling thread too), so
+    that a thread slowed down by the machine's other work does not leave the others waiting at the end. Each range
+    writes its cells' tokens one after another from its bound; a thread that finishes a range moves the finished
+    ranges' tokens down to their place, in order, while the other threads rank on (the tokens are still in cache, and no
     serial pass over all tokens is left for the end).
     """
     bound, out = args[7], args[11]
