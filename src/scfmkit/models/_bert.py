@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ._bert_config import BertConfig
+from ._inference_ops import add_fresh
 
 __all__ = [
     "BertConfig",
@@ -30,11 +31,6 @@ __all__ = [
 _ACT = {"relu": F.relu, "gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu}
 # in-place versions where torch has one (the same values), for the per-sequence inference path
 _ACT_INPLACE = {"relu": torch.relu_, "silu": lambda x: F.silu(x, inplace=True)}
-
-
-def _add_(y: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """``y + r``, in place when the dtypes agree (under autocast ``y`` may be bf16 and ``r`` float32)."""
-    return y.add_(r) if y.dtype == r.dtype else y + r
 
 
 class _Layer(nn.Module):
@@ -101,8 +97,8 @@ class _Layer(nn.Module):
             else:
                 (a[lo:hi] if rows is None else a[i : i + 1]).copy_(out[0].transpose(0, 1))
         # inference only: the residual adds and the activation run in place on fresh outputs (the same values)
-        x = self.ln1(_add_(self.attn_out(a.reshape(-1, h)), residual))
-        return self.ln2(_add_(self.out(self.act_(self.inter(x))), x))
+        x = self.ln1(add_fresh(self.attn_out(a.reshape(-1, h)), residual))
+        return self.ln2(add_fresh(self.out(self.act_(self.inter(x))), x))
 
 
 class BertMLMHead(nn.Module):

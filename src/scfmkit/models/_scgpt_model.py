@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._inference_ops import add_fresh
+
 __all__ = [
     "ExprDecoder",
     "ScGPTConfig",
@@ -199,24 +201,21 @@ class _EncoderLayer(nn.Module):
     def forward_packed(self, x: torch.Tensor, bounds: list[int], rows: torch.Tensor | None = None) -> torch.Tensor:
         """:meth:`forward` on packed sequences (see :meth:`_SelfAttention.forward_packed`); ``rows``: only those.
 
-        Inference only: the residual sums and the ReLU are computed in place on fresh outputs where the dtypes
-        agree (same values; under autocast the sum is promoted as in :meth:`forward`).
+        Inference only: the residual sums and the ReLU are computed in place on fresh outputs (same values; under
+        autocast the sum is in the promoted dtype, as in :meth:`forward`).
         """
-
-        def add(out: torch.Tensor, res: torch.Tensor) -> torch.Tensor:
-            return out.add_(res) if out.dtype == res.dtype else out + res
 
         def ff(y: torch.Tensor) -> torch.Tensor:
             return self.linear2(F.relu_(self.linear1(y)))
 
         if self.pre_norm:
             x = self.norm1(x)
-            x = add(self.self_attn.forward_packed(x, bounds, rows), x if rows is None else x[rows])
+            x = add_fresh(self.self_attn.forward_packed(x, bounds, rows), x if rows is None else x[rows])
             x = self.norm2(x)
-            return add(ff(x), x)
+            return add_fresh(ff(x), x)
         res = x if rows is None else x[rows]
-        x = self.norm1(add(self.self_attn.forward_packed(x, bounds, rows), res))
-        return self.norm2(add(ff(x), x))
+        x = self.norm1(add_fresh(self.self_attn.forward_packed(x, bounds, rows), res))
+        return self.norm2(add_fresh(ff(x), x))
 
 
 class ExprDecoder(nn.Module):
