@@ -61,7 +61,9 @@ def embed(
     device
         Torch device (default :attr:`scfmkit.settings.device`).
     precision
-        ``"float32"``, ``"bfloat16"`` or ``"float16"`` autocast.
+        ``"float32"`` (default), ``"bfloat16"`` or ``"float16"`` autocast. ``"bfloat16"`` is faster on a GPU and on
+        CPUs with bf16 units (``amx_bf16``/``avx512_bf16`` in ``/proc/cpuinfo``), slower on CPUs without them; the
+        embeddings differ from float32 slightly (``benchmarks/README.md`` has measured speed-ups and cosines).
     mod
         Modality of a MuData to use.
     key_added
