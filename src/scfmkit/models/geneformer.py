@@ -23,7 +23,7 @@ from scipy import sparse
 
 from .._checks import check_nonnegative_finite, get_matrix
 from .._utils import available_cpus, logger, progress
-from ._base import PRECISIONS, FoundationModel, GeneMatch, ModelSpec, autocast, register_model
+from ._base import FoundationModel, GeneMatch, ModelSpec, autocast, register_model
 from ._geneformer_genes import match_ids
 from ._geneformer_io import GeneformerVocab, detect_variant, read_checkpoint, write_random_checkpoint
 from ._rank_tokenize import TokenizedCells, rank_value_tokenize_counts, token_dtype
@@ -76,7 +76,7 @@ class GeneformerModel(FoundationModel):
         self.source = source
         self.device = device
         self._state_dict = state_dict
-        self._encoders: dict[tuple, BertEncoder] = {}
+        self._encoders: dict[tuple[int, str, bool], BertEncoder] = {}
         # the median of every token id (NaN for special tokens), for the tokeniser's normalisation
         self._token_medians = np.full(max(vocab.token_dict.values()) + 1, np.nan)
         for gid, tok in vocab.token_dict.items():
@@ -355,25 +355,11 @@ class GeneformerModel(FoundationModel):
         return cov
 
     # ------------------------------------------------------------------ forward
-    def encoder(self, n_layers: int, device: str, *, mlm_head: bool = False, precision: str = "float32") -> BertEncoder:
+    def encoder(self, n_layers: int, device: str, *, mlm_head: bool = False) -> BertEncoder:
         """The BERT encoder truncated to its first ``n_layers`` layers, on ``device`` (cached).
 
         ``mlm_head=True`` (all layers only) also loads the checkpoint's masked-LM head as ``encoder.mlm``.
-        ``precision="bfloat16"``/``"float16"``: a copy whose linear layers are stored in that dtype, for use under
-        :func:`~scfmkit.models._base.autocast` of the same precision only, where it gives the float32 encoder's exact
-        values without casting the weights on every call (:func:`~._inference_ops.autocast_weights`).
         """
-        low = PRECISIONS.get(precision)
-        if low is not None:
-            key = (n_layers, device, mlm_head, low)
-            if key not in self._encoders:
-                import torch
-
-                from ._inference_ops import autocast_weights
-
-                base = self.encoder(n_layers, device, mlm_head=mlm_head)
-                self._encoders[key] = autocast_weights(base, getattr(torch, low))
-            return self._encoders[key]
         key = (n_layers, device, mlm_head)
         if key not in self._encoders:
             from ._bert import BertEncoder, convert_hf_mlm_head, convert_hf_state_dict
@@ -452,7 +438,7 @@ class GeneformerModel(FoundationModel):
         batch_size = self.resolve_batch_size(batch_size)
         device = self.resolve_device(device)
         autocast_ctx = autocast(device, precision)
-        enc = self.encoder(max(layer_of.values()), device, precision=precision)
+        enc = self.encoder(max(layer_of.values()), device)
         wanted = tuple(sorted(set(layer_of.values())))
         lengths = tokens.lengths
         order = np.argsort(-lengths, kind="stable")
