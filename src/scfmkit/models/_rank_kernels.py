@@ -52,7 +52,8 @@ def _thread_limit() -> int:
     """
     from numba.np.ufunc import parallel
 
-    numba_threads = numba.get_num_threads() if parallel._is_initialized else numba.config.NUMBA_NUM_THREADS
+    started = getattr(parallel, "_is_initialized", False)  # numba's own flag (private: False if it is renamed)
+    numba_threads = numba.get_num_threads() if started else numba.config.NUMBA_NUM_THREADS
     return min(available_cpus(), numba_threads)
 
 
