@@ -53,3 +53,18 @@ def test_replaced_dictionary_is_matched_anew(gf_v1_dir, celltypist):
     m.vocab = dataclasses.replace(m.vocab, name_to_id={})
     with pytest.raises(ValueError, match="gene_name_id_dict"):
         m.match_genes(genes)
+
+
+def test_replaced_medians_are_used(gf_v1_dir, celltypist):
+    """The per-token median table follows a replaced median dictionary (tokens as with those medians)."""
+    m = fm.models.load(gf_v1_dir)
+    adata = celltypist[:20].copy()
+    before, _ = fm.pp.tokenize(adata, m)
+    rng = np.random.default_rng(0)
+    new = {g: float(v) * rng.uniform(0.1, 10.0) for g, v in m.vocab.medians.items()}
+    m.vocab = dataclasses.replace(m.vocab, medians=new)
+    match = m.match_adata(adata)
+    gene_of = {t: g for g, t in m.vocab.token_dict.items()}
+    np.testing.assert_array_equal(m._medians(match), [new[gene_of[t]] for t in match.token_ids])
+    after, _ = fm.pp.tokenize(adata, m)
+    assert any(not np.array_equal(before[i], after[i]) for i in range(adata.n_obs))

@@ -44,6 +44,10 @@ class GeneformerVocab:
         Gene symbol -> Ensembl id (optional).
     id_mapping
         Ensembl id -> collapsed Ensembl id (V2; optional). Duplicates after mapping are summed.
+
+    A model keeps tables derived from these dictionaries (the last gene match, the median of every token). They are
+    rebuilt when a dictionary is replaced or changes size, so change a vocabulary by assigning a new dictionary
+    (``model.vocab = dataclasses.replace(model.vocab, medians=new)``), not by editing one in place.
     """
 
     token_dict: dict[str, int]

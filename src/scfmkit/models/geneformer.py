@@ -77,11 +77,6 @@ class GeneformerModel(FoundationModel):
         self.device = device
         self._state_dict = state_dict
         self._encoders: dict[tuple[int, str, bool], BertEncoder] = {}
-        # the median of every token id (NaN for special tokens), for the tokeniser's normalisation
-        self._token_medians = np.full(max(vocab.token_dict.values()) + 1, np.nan)
-        for gid, tok in vocab.token_dict.items():
-            if gid in vocab.medians:
-                self._token_medians[tok] = vocab.medians[gid]
         max_token = max(vocab.token_dict.values())
         if max_token >= self.config.vocab_size:
             msg = (
@@ -206,7 +201,16 @@ class GeneformerModel(FoundationModel):
 
     def _medians(self, match: GeneMatch) -> np.ndarray:
         """The median of each unique matched gene (float64, in ``match.token_ids`` order)."""
-        return self._token_medians[match.token_ids]
+        key = self._vocab_key()
+        cached = self.__dict__.get("_token_medians")
+        if cached is None or cached[0] != key:  # built anew when a dictionary is replaced or resized
+            vocab = self.vocab
+            table = np.full(max(vocab.token_dict.values()) + 1, np.nan)  # NaN: special tokens, genes without one
+            for gid, tok in vocab.token_dict.items():
+                if gid in vocab.medians:
+                    table[tok] = vocab.medians[gid]
+            self._token_medians = cached = (key, table)
+        return cached[1][match.token_ids]
 
     # ------------------------------------------------------------------ tokens
     def iter_tokenize(
