@@ -96,6 +96,15 @@ def cpu_flags() -> list[str]:
     return sorted(f for f in flags if f.startswith(("avx512", "amx", "avx2", "fma")))
 
 
+def fast_bf16(device: str = "cpu") -> bool:
+    """Whether bf16 matmuls run at least as fast as fp32: a GPU, or a CPU with ``avx512_bf16``/``amx_bf16``.
+
+    Elsewhere bf16 is far slower than fp32 (about 14x on the 2-core AVX2 machine): the scripts then measure its peak on
+    a small matrix and embed a few cells only.
+    """
+    return device.startswith("cuda") or any(f in cpu_flags() for f in ("avx512_bf16", "amx_bf16"))
+
+
 def references(env: str) -> list[tuple[str, Path]]:
     """Reference checkouts from ``env``: ``label=path`` entries separated by ``;`` (a bare path is its own label)."""
     value = os.environ.get(env, "")

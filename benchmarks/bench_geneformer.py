@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _common import SHARED, Recorder, cpu_flags, default_device, matmul_peak_gflops, references, run_measured
+from _common import SHARED, Recorder, cpu_flags, default_device, fast_bf16, matmul_peak_gflops, references, run_measured
 from scipy import sparse
 
 HERE = Path(__file__).resolve().parent
@@ -96,11 +96,9 @@ def main() -> None:
         load_average=os.getloadavg(),
     )
     peak = {"float32": matmul_peak_gflops(device=device)}
-    # a CPU without avx512_bf16/amx runs bf16 matmuls far slower than fp32 (about 14x on the 2-core AVX2 machine):
-    # a small matrix then, and the bf16 embedding on a few cells only (for the cosine to fp32)
-    fast_bf16 = device.startswith("cuda") or any(f in cpu_flags() for f in ("avx512_bf16", "amx_bf16"))
+    fast = fast_bf16(device)  # else a small matrix, and the bf16 embedding on a few cells only (for the cosine)
     if not args.skip_bf16 or args.precision == "bfloat16":
-        small = {} if fast_bf16 else {"n": 512, "repeats": 3}
+        small = {} if fast else {"n": 512, "repeats": 3}
         peak["bfloat16"] = matmul_peak_gflops(dtype="bfloat16", device=device, **small)
     for dtype, gflops in peak.items():
         rec.record(f"matmul_peak_{dtype}", gflops=round(gflops, 1), device=device)
@@ -235,7 +233,7 @@ def main() -> None:
 
         runs = {args.precision: (n_emb, *embed(args.precision, n_emb))}
         if not args.skip_bf16 and args.precision != "bfloat16":
-            n_bf16 = n_emb if fast_bf16 else min(n_emb, 2)
+            n_bf16 = n_emb if fast else min(n_emb, 2)
             runs["bfloat16"] = (n_bf16, *embed("bfloat16", n_bf16))
         for precision, (n_run, seconds, emb) in runs.items():
             f = (

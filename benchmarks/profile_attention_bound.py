@@ -32,7 +32,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _common import best_seconds, cpu_flags
+from _common import best_seconds, cpu_flags, matmul_peak_gflops
+from bench_geneformer import layer_flops
 
 HERE = Path(__file__).resolve().parent
 H, D, HIDDEN, INTER = 4, 64, 256, 512  # Geneformer V1
@@ -149,10 +150,7 @@ def main() -> None:
     import torch.nn.functional as F
 
     torch.set_num_threads(1)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-
-    def peak() -> float:
-        return 2 * 2048**3 / best_seconds(lambda: a @ b) / 1e9
+    peak = matmul_peak_gflops  # a 2048^3 torch.mm on torch's threads: one here
 
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         kernel = compile_kernel(Path(tmp))
@@ -176,9 +174,8 @@ def main() -> None:
             lin_sec += best_seconds(lambda w=w, bias=bias, xi=xi: F.linear(xi, w, bias))
             lin_flops += 2 * n * fan_in * fan_out
         lin = lin_flops / lin_sec / 1e9 / pk
-        dense = float((2 * lengths * HIDDEN * (4 * HIDDEN + 2 * INTER)).sum())
-        attn = float((4 * lengths**2 * HIDDEN).sum())
-        share = attn / (attn + dense)
+        flops = layer_flops(lengths, HIDDEN, INTER, 1)  # per layer
+        share = float((4 * lengths**2 * HIDDEN).sum()) / flops  # attention's two products
         qkv = torch.randn(n, 3, H, D)
         q, k, v = (qkv[:, i].transpose(0, 1)[None] for i in range(3))
         flash = 4 * n * n * H * D / best_seconds(lambda: F.scaled_dot_product_attention(q, k, v)) / 1e9 / pk
@@ -194,12 +191,10 @@ def main() -> None:
             f"{lin:.2f}; whole forward with the flash kernel ({flash:.2f}) at most {whole(flash):.2f}, with attention "
             f"at the ceiling ({cap:.2f}) at most {whole(cap):.2f} (layer norms, adds and threads not counted)"
         )
-        from bench_geneformer import layer_flops
-
         opts = {"batch_size": 16, "device": "cpu", "precision": "float32"}
         sec = best_seconds(lambda: gf.embed_cells(cells.copy(), **opts), 3)
-        flops = layer_flops(lengths, HIDDEN, INTER, gf.n_layers - 1)
-        print(f"V1 embedding of those cells on this one thread: {flops / sec / 1e9 / max(pk, peak()):.2f} of the peak")
+        frac = flops * (gf.n_layers - 1) / sec / 1e9 / max(pk, peak())
+        print(f"V1 embedding of those cells on this one thread: {frac:.2f} of the peak")
 
 
 if __name__ == "__main__":
